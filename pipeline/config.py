@@ -1,0 +1,132 @@
+"""Options of a run, validated once, frozen, picklable into every worker.
+
+Options are split by who needs them: ``FetchOptions`` (network), ``ProcessOptions``
+(image work) and ``RunConfig`` (everything, plus where things live). Vary them with
+``dataclasses.replace``. ``RunConfig.fingerprint_options()`` names the options that change
+results; only those take part in the resume check.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.errors import UsageError
+
+DEFAULT_USER_AGENT = (
+    f"pipeline/{__version__} (image downloader; honours X-Robots-Tag noai/noimageai)"
+)
+
+# Formats Pillow may open. Anything else is `not_image`, even if Pillow has a plugin for it:
+# every extra decoder is extra attack surface (e.g. EPS shells out to Ghostscript).
+DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+THUMB_FORMATS = ("jpeg", "webp", "png")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOptions:
+    concurrency: int = 64  # requests in flight per worker process
+    per_host: int = 8  # connections per host per worker process
+    timeout: float = 30.0  # total deadline of one attempt, seconds
+    connect_timeout: float = 10.0
+    read_timeout: float = 15.0  # longest silence between two reads of a body
+    retries: int = 2  # extra attempts after the first, for transient failures only
+    backoff_base: float = 0.5  # first backoff ceiling, seconds; doubles each attempt
+    backoff_max: float = 20.0
+    max_retry_after: float = 60.0  # a server's Retry-After is clamped to this
+    max_bytes: int = 50 * 1024 * 1024
+    max_redirects: int = 5
+    user_agent: str = DEFAULT_USER_AGENT
+    respect_opt_out: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.concurrency >= 1, "--concurrency must be at least 1")
+        _require(self.per_host >= 1, "--per-host must be at least 1")
+        _require(self.timeout > 0, "--timeout must be positive")
+        _require(self.connect_timeout > 0, "--connect-timeout must be positive")
+        _require(self.read_timeout > 0, "--read-timeout must be positive")
+        _require(self.retries >= 0, "--retries must be 0 or more")
+        _require(self.backoff_base >= 0 and self.backoff_max >= 0, "backoff must be >= 0")
+        _require(self.max_retry_after >= 0, "--max-retry-after must be 0 or more")
+        _require(self.max_bytes >= 1, "--max-bytes must be at least 1")
+        _require(self.max_redirects >= 0, "--max-redirects must be 0 or more")
+        _require(bool(self.user_agent.strip()), "--user-agent must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOptions:
+    sizes: tuple[int, ...] = (256,)  # longest side of each thumbnail, largest first
+    thumb_format: str = "jpeg"
+    thumb_quality: int = 85
+    keep_originals: bool = True
+    max_pixels: int = 89_478_485  # Pillow's own default bomb limit (~ 9459 x 9459)
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+    def __post_init__(self) -> None:
+        _require(len(self.sizes) >= 1, "--sizes needs at least one size")
+        _require(all(8 <= s <= 16384 for s in self.sizes), "--sizes must be between 8 and 16384")
+        _require(len(set(self.sizes)) == len(self.sizes), "--sizes must not repeat")
+        object.__setattr__(self, "sizes", tuple(sorted(self.sizes, reverse=True)))
+        fmt = self.thumb_format.lower()
+        _require(fmt in THUMB_FORMATS, f"--thumb-format must be one of {', '.join(THUMB_FORMATS)}")
+        object.__setattr__(self, "thumb_format", fmt)
+        _require(1 <= self.thumb_quality <= 100, "--thumb-quality must be between 1 and 100")
+        _require(self.max_pixels >= 1, "--max-pixels must be at least 1")
+        object.__setattr__(self, "formats", tuple(f.upper() for f in self.formats))
+
+    @property
+    def thumb_ext(self) -> str:
+        return {"jpeg": "jpg", "webp": "webp", "png": "png"}[self.thumb_format]
+
+
+def default_procs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    out: Path
+    procs: int = field(default_factory=default_procs)
+    shard_size: int = 500
+    cpu_threads: int = 2  # Pillow threads per worker (it releases the GIL; see ARCHITECTURE.md)
+    url_column: str = "url"
+    key_column: str = "key"
+    local_root: Path | None = None  # None: the manifest's own folder
+    retry_failed: bool = False
+    force: bool = False
+    max_failure_rate: float = 1.0
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    process: ProcessOptions = field(default_factory=ProcessOptions)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        _require(self.procs >= 1, "--procs must be at least 1")
+        _require(self.shard_size >= 1, "--shard-size must be at least 1")
+        _require(self.cpu_threads >= 1, "--cpu-threads must be at least 1")
+        _require(0.0 <= self.max_failure_rate <= 1.0, "--max-failure-rate must be between 0 and 1")
+        if self.local_root is not None:
+            object.__setattr__(self, "local_root", Path(self.local_root).resolve())
+
+    def fingerprint_options(self) -> dict[str, object]:
+        """Options whose change would make earlier rows disagree with later ones."""
+        return {
+            "shard_size": self.shard_size,
+            "url_column": self.url_column,
+            "key_column": self.key_column,
+            "local_root": str(self.local_root) if self.local_root else None,
+            "sizes": list(self.process.sizes),
+            "thumb_format": self.process.thumb_format,
+            "thumb_quality": self.process.thumb_quality,
+            "keep_originals": self.process.keep_originals,
+            "max_pixels": self.process.max_pixels,
+            "formats": list(self.process.formats),
+            "max_bytes": self.fetch.max_bytes,
+            "respect_opt_out": self.fetch.respect_opt_out,
+        }
