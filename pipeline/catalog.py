@@ -1,0 +1,280 @@
+"""Stage 6: the SQLite catalog, where all state of a run lives.
+
+Only the parent process writes it, one transaction per finished shard (its item rows plus
+the shard's done mark), so a killed run never leaves half a shard behind: a shard is either
+in ``shards`` with every one of its rows in ``items``, or it is not there at all and runs
+again. WAL mode lets ``pipeline status`` read while a run writes.
+
+The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[i]`` moves a catalog
+from version ``i`` to ``i + 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import CatalogError, StorageError
+from pipeline.models import ItemResult, ShardReport, Status
+
+CATALOG_NAME = "catalog.sqlite"
+
+ITEM_COLUMNS = (
+    "row", "shard_id", "key", "url", "final_url", "status", "error_class", "error_message",
+    "http_status", "attempts", "redirects", "mime", "bytes", "sha256", "dhash", "phash",
+    "width", "height", "format", "mode", "n_frames", "thumbnails", "original_path",
+    "fetch_ms", "process_ms", "extra", "updated_at",
+)  # fmt: skip
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE shards (
+            shard_id INTEGER PRIMARY KEY,
+            rows INTEGER NOT NULL,
+            ok INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            fetched INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            elapsed_s REAL NOT NULL,
+            worker_pid INTEGER,
+            done_at REAL NOT NULL
+        );
+        CREATE TABLE items (
+            row INTEGER PRIMARY KEY,
+            shard_id INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            url TEXT NOT NULL,
+            final_url TEXT,
+            status TEXT NOT NULL,
+            error_class TEXT,
+            error_message TEXT,
+            http_status INTEGER,
+            attempts INTEGER NOT NULL,
+            redirects INTEGER NOT NULL,
+            mime TEXT,
+            bytes INTEGER,
+            sha256 TEXT,
+            dhash TEXT,
+            phash TEXT,
+            width INTEGER,
+            height INTEGER,
+            format TEXT,
+            mode TEXT,
+            n_frames INTEGER,
+            thumbnails TEXT,
+            original_path TEXT,
+            fetch_ms REAL,
+            process_ms REAL,
+            extra TEXT,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX items_shard ON items (shard_id);
+        CREATE INDEX items_sha256 ON items (sha256);
+        CREATE INDEX items_status ON items (status, error_class);
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSummary:
+    rows: int
+    by_status: dict[str, int]
+    by_error: dict[str, int]
+    shards_done: int
+    shards_total: int | None  # known once a run has read the whole manifest
+    bytes: int
+    fingerprint: dict[str, Any] | None = field(default=None)
+
+
+def _item_values(item: ItemResult, shard_id: int, now: float) -> tuple[Any, ...]:
+    img = item.image
+    thumbs = (
+        json.dumps([{"size": t.size, "width": t.width, "height": t.height, "path": t.path} for t in img.thumbnails])
+        if img
+        else None
+    )
+    return (
+        item.row, shard_id, item.key, item.url, item.final_url, item.status.value,
+        item.error_class.value if item.error_class else None, item.error_message,
+        item.http_status, item.attempts, item.redirects, item.mime,
+        img.bytes if img else None, img.sha256 if img else None,
+        img.dhash if img else None, img.phash if img else None,
+        img.width if img else None, img.height if img else None,
+        img.format if img else None, img.mode if img else None,
+        img.n_frames if img else None, thumbs, img.original_path if img else None,
+        round(item.fetch_ms, 2), round(img.elapsed_ms, 2) if img else None,
+        json.dumps(dict(item.extra)) if item.extra else None, now,
+    )  # fmt: skip
+
+
+class Catalog:
+    """The run's SQLite file. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly and not self.path.is_file():
+            raise CatalogError(f"no catalog at {self.path}: is this a pipeline output folder?")
+        try:
+            uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode survives a crash of the process; only power loss can drop
+                # the last shards, and those simply run again.
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+            else:
+                self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from exc
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- schema --------------------------------------------------------------------------
+
+    def _check_version(self) -> int:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise CatalogError(
+                f"{self.path} was written by a newer pipeline (schema {version}); upgrade pipeline"
+            )
+        return int(version)
+
+    def _migrate(self) -> None:
+        version = self._check_version()
+        for step, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction():
+                migrate(self.db)
+                self.db.execute(f"PRAGMA user_version = {step}")
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # --- meta ----------------------------------------------------------------------------
+
+    def get_meta(self, name: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, name: str, value: Any) -> None:
+        with self.transaction():
+            self._set_meta(name, value)
+
+    def _set_meta(self, name: str, value: Any) -> None:
+        self.db.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, json.dumps(value, sort_keys=True)),
+        )
+
+    # --- run state -----------------------------------------------------------------------
+
+    def done_shards(self) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT shard_id FROM shards")}
+
+    def failed_rows_by_shard(self) -> dict[int, frozenset[int]]:
+        """Rows to fetch again with ``--retry-failed`` (failed, not invalid or opted out)."""
+        found: dict[int, set[int]] = {}
+        for shard_id, row in self.db.execute(
+            "SELECT shard_id, row FROM items WHERE status = ?", (Status.FAILED.value,)
+        ):
+            found.setdefault(shard_id, set()).add(row)
+        return {k: frozenset(v) for k, v in found.items()}
+
+    def write_shard(self, report: ShardReport, *, extra_columns: tuple[str, ...] = ()) -> None:
+        """Commit one finished shard: its rows and its done mark, in one transaction."""
+        now = time.time()
+        placeholders = ", ".join("?" for _ in ITEM_COLUMNS)
+        try:
+            with self.transaction():
+                self.db.executemany(
+                    f"INSERT OR REPLACE INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({placeholders})",
+                    [_item_values(item, report.shard_id, now) for item in report.items],
+                )
+                # Counts come from items, not the report: a --retry-failed report holds only
+                # the rows it refetched.
+                ok, total = self.db.execute(
+                    "SELECT COUNT(*) FILTER (WHERE status = 'ok'), COUNT(*) FROM items WHERE shard_id = ?",
+                    (report.shard_id,),
+                ).fetchone()
+                self.db.execute(
+                    "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (report.shard_id, total, ok, total - ok, report.fetched, report.bytes_downloaded,
+                     round(report.elapsed_s, 3), report.worker_pid, now),
+                )  # fmt: skip
+                if extra_columns:
+                    known = self.get_meta("extra_columns") or []
+                    merged = known + [c for c in extra_columns if c not in known]
+                    if merged != known:
+                        self._set_meta("extra_columns", merged)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc) or "disk" in str(exc) or "readonly" in str(exc):
+                raise StorageError(f"cannot write the catalog {self.path}: {exc}") from exc
+            raise CatalogError(f"cannot write the catalog {self.path}: {exc}") from exc
+
+    def reset(self) -> None:
+        """Forget every row and shard (``--force``); stored files stay, they are content-addressed."""
+        with self.transaction():
+            self.db.execute("DELETE FROM items")
+            self.db.execute("DELETE FROM shards")
+            self.db.execute("DELETE FROM meta")
+
+    # --- reading -------------------------------------------------------------------------
+
+    def summary(self) -> CatalogSummary:
+        by_status = dict(self.db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+        by_error = dict(
+            self.db.execute(
+                "SELECT error_class, COUNT(*) FROM items WHERE error_class IS NOT NULL "
+                "GROUP BY error_class ORDER BY COUNT(*) DESC"
+            ).fetchall()
+        )
+        shards_done, nbytes = self.db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM shards").fetchone()
+        return CatalogSummary(
+            rows=sum(by_status.values()),
+            by_status=by_status,
+            by_error=by_error,
+            shards_done=shards_done,
+            shards_total=self.get_meta("total_shards"),
+            bytes=nbytes,
+            fingerprint=self.get_meta("fingerprint"),
+        )
+
+    def iter_items(self, where: str = "", params: tuple[Any, ...] = ()) -> Iterator[sqlite3.Row]:
+        """Stream item rows in manifest order (``where`` is a trusted SQL fragment)."""
+        sql = f"SELECT * FROM items {('WHERE ' + where) if where else ''} ORDER BY row"
+        yield from self.db.execute(sql, params)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

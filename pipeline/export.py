@@ -1,0 +1,106 @@
+"""Stage 7: the catalog out as CSV, JSONL or Parquet, one row per manifest row.
+
+Rows stream from SQLite in manifest order, so exporting ten million rows needs no more
+memory than exporting ten. Extra manifest columns become columns of their own; each
+thumbnail size gets a ``thumb_<size>`` path column (relative to OUT).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.catalog import CATALOG_NAME, ITEM_COLUMNS, Catalog
+from pipeline.errors import UsageError
+
+FORMATS = ("csv", "jsonl", "parquet")
+_INTERNAL = ("shard_id", "thumbnails", "extra", "updated_at")
+_BATCH = 10_000
+
+
+def export(out: str | Path, dest: str | Path | None = None, *, format: str = "csv") -> int:
+    """Write the catalog of ``out`` to ``dest`` (``None`` or ``-``: standard output).
+
+    Returns the number of rows written.
+    """
+    if format not in FORMATS:
+        raise UsageError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
+    with Catalog(Path(out) / CATALOG_NAME, readonly=True) as catalog:
+        columns = export_columns(catalog)
+        records = (flatten(row, columns) for row in catalog.iter_items())
+        if format == "parquet":
+            if dest is None or str(dest) == "-":
+                raise UsageError("Parquet goes to a file: give --output FILE")
+            return _write_parquet(records, columns, Path(dest))
+        if dest is None or str(dest) == "-":
+            return _write_text(records, columns, sys.stdout, format)
+        with open(dest, "w", encoding="utf-8", newline="") as f:
+            return _write_text(records, columns, f, format)
+
+
+def export_columns(catalog: Catalog) -> list[str]:
+    fingerprint = catalog.get_meta("fingerprint") or {}
+    sizes = fingerprint.get("options", {}).get("sizes", [])
+    fixed = [c for c in ITEM_COLUMNS if c not in _INTERNAL]
+    thumbs = [f"thumb_{s}" for s in sorted(sizes)]
+    extras = [_extra_name(c, fixed) for c in catalog.get_meta("extra_columns") or []]
+    return fixed + thumbs + extras
+
+
+def _extra_name(column: str, fixed: list[str]) -> str:
+    return f"extra_{column}" if column in fixed or column.startswith("thumb_") else column
+
+
+def flatten(row: sqlite3.Row, columns: list[str]) -> dict[str, Any]:
+    record = {c: row[c] for c in ITEM_COLUMNS if c not in _INTERNAL}
+    for t in json.loads(row["thumbnails"]) if row["thumbnails"] else []:
+        record[f"thumb_{t['size']}"] = t["path"]
+    fixed = [c for c in ITEM_COLUMNS if c not in _INTERNAL]
+    for name, value in (json.loads(row["extra"]) if row["extra"] else {}).items():
+        record[_extra_name(name, fixed)] = value
+    return {c: record.get(c) for c in columns}
+
+
+def _write_text(records: Iterator[dict[str, Any]], columns: list[str], f: IO[str], format: str) -> int:
+    count = 0
+    if format == "csv":
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for count, record in enumerate(records, start=1):
+            writer.writerow(record)
+    else:
+        for count, record in enumerate(records, start=1):
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return count
+
+
+def _write_parquet(records: Iterator[dict[str, Any]], columns: list[str], dest: Path) -> int:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError("Parquet export needs pyarrow: pip install 'pipeline[parquet]'") from None
+    numeric = {"row": pa.int64(), "http_status": pa.int32(), "attempts": pa.int32(), "redirects": pa.int32(),
+               "bytes": pa.int64(), "width": pa.int32(), "height": pa.int32(), "n_frames": pa.int32(),
+               "fetch_ms": pa.float64(), "process_ms": pa.float64()}  # fmt: skip
+    schema = pa.schema([(c, numeric.get(c, pa.string())) for c in columns])
+    count = 0
+    tmp = dest.with_name(dest.name + ".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for record in records:
+            batch.append(record)
+            if len(batch) == _BATCH:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                count += len(batch)
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            count += len(batch)
+    tmp.replace(dest)
+    return count

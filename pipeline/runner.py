@@ -1,0 +1,220 @@
+"""Wires the stages: manifest → shards → executor (fetch + process + store) → catalog.
+
+The runner lives in the parent process. It checks the run's fingerprint against the
+catalog (resume or refuse), streams shards that still need work to the executor, commits
+each finished shard in one transaction, and reports progress through a callback, so that
+the CLI, a notebook or a script can show it however they like.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.catalog import CATALOG_NAME, Catalog
+from pipeline.config import FetchOptions, ProcessOptions, RunConfig
+from pipeline.errors import ResumeRefused, UsageError
+from pipeline.executors import LocalExecutor, ShardExecutor
+from pipeline.manifest import ManifestSpec, default_out, extra_columns, identity, open_manifest, read_rows
+from pipeline.models import Shard, ShardReport, Status
+from pipeline.shards import iter_shards, keep_rows, skip_done
+from pipeline.store import Store
+
+
+@dataclass(slots=True)
+class Progress:
+    """Counts for this invocation, updated after every committed shard."""
+
+    rows: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    bytes: int = 0
+    shards_done: int = 0
+    shards_skipped: int = 0  # already done by an earlier, interrupted run
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def ok(self) -> int:
+        return self.by_status[Status.OK.value]
+
+    @property
+    def failed(self) -> int:
+        return self.rows - self.ok
+
+    def rate(self) -> float:
+        """Rows per second over this invocation."""
+        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    out: Path
+    catalog: Path
+    rows: int  # rows in the catalog (this run and earlier ones)
+    by_status: dict[str, int]
+    by_error: dict[str, int]
+    shards_done: int
+    shards_total: int | None
+    this_run: Progress
+    failure_rate: float
+
+    @property
+    def complete(self) -> bool:
+        return self.shards_total is not None and self.shards_done >= self.shards_total
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def run(
+    manifest: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    on_progress: ProgressCallback | None = None,
+    executor: ShardExecutor | None = None,
+    **options: Any,
+) -> RunSummary:
+    """Run a manifest into ``out`` and return the summary; the Python twin of ``pipeline run``.
+
+    ``options`` are ``RunConfig``, ``FetchOptions`` or ``ProcessOptions`` fields, e.g.
+    ``run("urls.csv", procs=2, sizes=(256, 1024), per_host=4)``. Works in Jupyter too: the
+    workers are spawned, and the parent uses no event loop of its own.
+    """
+    spec = open_manifest(
+        manifest,
+        url_column=options.get("url_column", "url"),
+        key_column=options.get("key_column", "key"),
+        local_root=options.get("local_root"),
+    )
+    config = build_config(Path(out) if out is not None else default_out(spec), **options)
+    return run_config(spec, config, on_progress=on_progress, executor=executor)
+
+
+def build_config(out: Path, **options: Any) -> RunConfig:
+    """Sort flat keyword options into RunConfig / FetchOptions / ProcessOptions."""
+    groups: dict[type, dict[str, Any]] = {RunConfig: {}, FetchOptions: {}, ProcessOptions: {}}
+    for name, value in options.items():
+        for cls, bucket in groups.items():
+            if name in cls.__dataclass_fields__ and name not in ("fetch", "process", "out"):
+                bucket[name] = value
+                break
+        else:
+            raise UsageError(f"unknown option: {name}")
+    return RunConfig(
+        out=out,
+        fetch=FetchOptions(**groups[FetchOptions]),
+        process=ProcessOptions(**groups[ProcessOptions]),
+        **groups[RunConfig],
+    )
+
+
+def run_config(
+    spec: ManifestSpec,
+    config: RunConfig,
+    *,
+    on_progress: ProgressCallback | None = None,
+    executor: ShardExecutor | None = None,
+) -> RunSummary:
+    if config.local_root is None and spec.local_root is not None:
+        config = replace(config, local_root=spec.local_root)
+    config.out.mkdir(parents=True, exist_ok=True)
+    store = Store(config.out)
+    store.clear_temp()  # leftovers of a killed run: never visible as finished files
+    progress = Progress()
+    with Catalog(config.out / CATALOG_NAME) as catalog:
+        _check_fingerprint(catalog, spec, config)
+        extras = extra_columns(spec)
+        shards = _todo(catalog, spec, config, progress)
+        executor = executor or LocalExecutor(config.procs)
+        try:
+            for report in executor.run(shards, config):
+                catalog.write_shard(report, extra_columns=extras + _jsonl_extras(report, extras))
+                _count(progress, report)
+                if on_progress is not None:
+                    on_progress(progress)
+        finally:
+            store.clear_temp()
+        return _summary(catalog, config, progress)
+
+
+def _fingerprint(spec: ManifestSpec, config: RunConfig) -> dict[str, Any]:
+    return {"manifest": identity(spec), "options": config.fingerprint_options()}
+
+
+def _check_fingerprint(catalog: Catalog, spec: ManifestSpec, config: RunConfig) -> None:
+    """Resume only the same manifest with the same result-changing options."""
+    wanted = _fingerprint(spec, config)
+    stored = catalog.get_meta("fingerprint")
+    if stored is None:
+        catalog.set_meta("fingerprint", wanted)
+        return
+    differences = tuple(
+        f"{part}.{name}"
+        for part in ("manifest", "options")
+        for name in sorted(set(stored.get(part, {})) | set(wanted[part]))
+        if stored.get(part, {}).get(name) != wanted[part].get(name)
+    )
+    if not differences:
+        return
+    if not config.force:
+        raise ResumeRefused(
+            f"{config.out} holds a run of another manifest or with other options; "
+            "use another --out, or --force to discard its catalog and start over",
+            differences,
+        )
+    catalog.reset()
+    catalog.set_meta("fingerprint", wanted)
+
+
+def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Progress) -> Iterator[Shard]:
+    """The shards this invocation must run, streamed; records the total once it is known."""
+    done = catalog.done_shards()
+    failed = catalog.failed_rows_by_shard() if config.retry_failed else {}
+    total = 0
+    for shard in iter_shards(read_rows(spec), config.shard_size):
+        total += 1
+        if shard.shard_id not in done:
+            yield shard
+        elif config.retry_failed and shard.shard_id in failed:
+            yield from keep_rows([shard], failed.get)
+        else:
+            progress.shards_skipped += 1
+    catalog.set_meta("total_shards", total)
+
+
+def _jsonl_extras(report: ShardReport, known: tuple[str, ...]) -> tuple[str, ...]:
+    if known:
+        return ()
+    return tuple(dict.fromkeys(name for item in report.items for name, _ in item.extra))
+
+
+def _count(progress: Progress, report: ShardReport) -> None:
+    progress.rows += len(report.items)
+    progress.by_status.update(item.status.value for item in report.items)
+    progress.bytes += report.bytes_downloaded
+    progress.shards_done += 1
+
+
+def _summary(catalog: Catalog, config: RunConfig, progress: Progress) -> RunSummary:
+    s = catalog.summary()
+    # A row the manifest made unusable failed just as surely as a 404.
+    failed = s.by_status.get(Status.FAILED.value, 0) + s.by_status.get(Status.INVALID.value, 0)
+    return RunSummary(
+        out=config.out,
+        catalog=catalog.path,
+        rows=s.rows,
+        by_status=s.by_status,
+        by_error=s.by_error,
+        shards_done=s.shards_done,
+        shards_total=s.shards_total,
+        this_run=progress,
+        failure_rate=failed / s.rows if s.rows else 0.0,
+    )

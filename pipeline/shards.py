@@ -1,0 +1,45 @@
+"""Stage 2: cut the row stream into shards with deterministic ids.
+
+A shard holds rows ``[id * size, (id + 1) * size)``, so the same manifest and shard size
+always give the same ids, which is what makes resume and static partitioning work.
+Shards are generated lazily; the executor decides how many are in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable, Iterator
+
+from pipeline.models import ManifestRow, Shard
+
+
+def iter_shards(rows: Iterable[ManifestRow], shard_size: int) -> Iterator[Shard]:
+    """Group consecutive rows into shards of ``shard_size`` rows (the last may be shorter)."""
+    batch: list[ManifestRow] = []
+    current = 0
+    for row in rows:
+        shard_id = row.row // shard_size
+        if batch and shard_id != current:
+            yield Shard(current, tuple(batch))
+            batch = []
+        current = shard_id
+        batch.append(row)
+    if batch:
+        yield Shard(current, tuple(batch))
+
+
+def skip_done(shards: Iterable[Shard], done: Container[int]) -> Iterator[Shard]:
+    """Leave out shards already committed to the catalog."""
+    return (s for s in shards if s.shard_id not in done)
+
+
+def keep_rows(shards: Iterable[Shard], wanted: Callable[[int], frozenset[int]]) -> Iterator[Shard]:
+    """Keep only the rows ``wanted(shard_id)`` names; drop shards left empty.
+
+    Used by ``--retry-failed``: a done shard comes back holding only its failed rows.
+    """
+    for shard in shards:
+        rows = wanted(shard.shard_id)
+        if rows:
+            kept = tuple(r for r in shard.rows if r.row in rows)
+            if kept:
+                yield Shard(shard.shard_id, kept)
