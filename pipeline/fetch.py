@@ -1,0 +1,430 @@
+"""The network stage: one URL in, one ``FetchResult`` out. The only aiohttp importer.
+
+A worker process runs one asyncio loop per shard job and opens one session for it with
+``make_session``; ``fetch_url`` is then called once per URL. ``fetch_url`` never raises for a
+per-item failure: every aiohttp/OS exception is translated here, at the stage edge, into an
+``ErrorClass`` plus a short human message (see ``_classify``).
+
+Per attempt::
+
+    request ──► status? ──2xx──► X-Robots-Tag opt-out? ──► Content-Length ≤ max_bytes? ──► stream body
+                   │                                                      (abort past max_bytes)
+                   ├─408/429/5xx──► retry (backoff with full jitter, Retry-After honoured)
+                   └─other 3xx/4xx──► fail at once
+
+Connect errors, timeouts and truncated bodies are retried too; everything else is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timezone
+from http import HTTPStatus
+from types import SimpleNamespace
+
+import aiohttp
+
+from pipeline.config import FetchOptions
+from pipeline.errors import ErrorClass
+from pipeline.models import FetchResult
+
+__all__ = ["make_session", "fetch_url", "parse_retry_after", "opted_out"]
+
+CHUNK_SIZE = 64 * 1024
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+# X-Robots-Tag directives that carry their own "name: value"; the name before their colon
+# is not a user-agent prefix (https://developers.google.com/search/docs/crawling-indexing/robots-meta-tag).
+_VALUED_DIRECTIVES = frozenset(
+    {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
+)
+_RETRY_STATUSES = frozenset({408, 429})
+_RNG = random.Random()
+
+Sleep = Callable[[float], Awaitable[object]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Session
+
+
+def make_session(options: FetchOptions) -> aiohttp.ClientSession:
+    """One session per shard job; call it inside the running loop that will use it."""
+    connector = aiohttp.TCPConnector(
+        limit=options.concurrency,
+        limit_per_host=options.per_host,
+        ttl_dns_cache=300,
+    )
+    # total=None: aiohttp's `total`/`connect` also count the wait for a pool slot, so a host
+    # capped at `per_host` connections would time out its own queue. The per-attempt deadline
+    # is enforced in `_attempt` with asyncio.timeout, paused while queued (see `_trace_config`).
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=options.connect_timeout, sock_read=options.read_timeout
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        # identity + no auto-decompression: the body we count against max_bytes is the body we
+        # keep, so a small gzip "bomb" can never inflate into gigabytes in the worker.
+        headers={"User-Agent": options.user_agent, "Accept-Encoding": "identity"},
+        auto_decompress=False,
+        # Image hosts have no business setting state across unrelated URLs; a real jar would
+        # also grow without bound over a long shard.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=[_trace_config()],
+    )
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    """Stop the attempt deadline while a request waits for a free connection slot.
+
+    Without this, with per_host=8 and 64 requests in flight to one CDN, 56 of them spend
+    their deadline in aiohttp's queue and fail as spurious timeouts.
+    """
+
+    async def queued_start(_session: object, ctx: SimpleNamespace, _params: object) -> None:
+        deadline = _deadline_of(ctx)
+        if deadline is not None and not deadline.expired():
+            deadline.reschedule(None)
+
+    async def queued_end(_session: object, ctx: SimpleNamespace, _params: object) -> None:
+        deadline = _deadline_of(ctx)
+        if deadline is not None and not deadline.expired():
+            deadline.reschedule(asyncio.get_running_loop().time() + ctx.trace_request_ctx.timeout)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(queued_start)
+    trace.on_connection_queued_end.append(queued_end)
+    return trace
+
+
+@dataclass(frozen=True, slots=True)
+class _DeadlineRef:
+    """What `_attempt` hands to the trace hooks through aiohttp's trace_request_ctx."""
+
+    deadline: asyncio.Timeout
+    timeout: float
+
+
+def _deadline_of(ctx: SimpleNamespace) -> asyncio.Timeout | None:
+    ref = getattr(ctx, "trace_request_ctx", None)
+    return ref.deadline if isinstance(ref, _DeadlineRef) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetch with retries
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one attempt got; kept so a failure still reports status and final URL."""
+
+    final_url: str
+    http_status: int | None = None
+    redirects: int = 0
+    mime: str | None = None
+    reading_body: bool = False
+
+    def saw(self, resp: aiohttp.ClientResponse) -> None:
+        self.final_url = str(resp.url)
+        self.http_status = resp.status
+        self.redirects = len(resp.history)
+        self.mime = _mime(resp.headers.get("Content-Type"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One attempt's result; `retry` says whether another attempt may help."""
+
+    progress: _Progress
+    body: bytes | None = None
+    error_class: ErrorClass | None = None
+    error_message: str | None = None
+    retry: bool = False
+    retry_after: float | None = None
+
+
+async def fetch_url(
+    session: aiohttp.ClientSession,
+    url: str,
+    options: FetchOptions,
+    *,
+    rng: random.Random | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> FetchResult:
+    """Fetch one URL, retrying transient failures. Never raises for a per-item failure."""
+    rng = rng or _RNG
+    started = time.perf_counter()
+    attempts = 0
+    while True:
+        try:
+            outcome = await _attempt(session, url, options)
+        except Exception as exc:  # a bug of ours; still data, never a crashed shard
+            outcome = _Outcome(_Progress(final_url=url), error_class=ErrorClass.INTERNAL,
+                               error_message=f"unexpected {type(exc).__name__}: {_short(exc)}")
+        attempts += 1
+        if not outcome.retry or attempts > options.retries:
+            break
+        await sleep(retry_delay(attempts - 1, outcome.retry_after, options, rng))
+    progress = outcome.progress
+    return FetchResult(
+        final_url=progress.final_url,
+        http_status=progress.http_status,
+        attempts=attempts,
+        redirects=progress.redirects,
+        mime=progress.mime,
+        body=outcome.body,
+        error_class=outcome.error_class,
+        error_message=outcome.error_message,
+        elapsed_ms=(time.perf_counter() - started) * 1000.0,
+    )
+
+
+def retry_delay(
+    failed_attempt: int, retry_after: float | None, options: FetchOptions, rng: random.Random
+) -> float:
+    """Full-jitter backoff (0-based `failed_attempt`), never shorter than a clamped Retry-After.
+
+    Full jitter spreads the retries of a shard that all failed at once on the same host
+    (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).
+    """
+    ceiling = min(options.backoff_max, options.backoff_base * 2 ** min(failed_attempt, 60))
+    delay = rng.uniform(0.0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, options.max_retry_after))
+    return delay
+
+
+async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptions) -> _Outcome:
+    progress = _Progress(final_url=url)
+    deadline = asyncio.timeout(options.timeout)
+    try:
+        async with deadline:
+            # aiohttp raises TooManyRedirects once it has *received* max_redirects redirects,
+            # so +1 lets exactly `options.max_redirects` hops through (and 0 lets none).
+            async with session.get(
+                url,
+                max_redirects=options.max_redirects + 1,
+                trace_request_ctx=_DeadlineRef(deadline, options.timeout),
+            ) as resp:
+                return await _read_response(resp, options, progress)
+    except Exception as exc:  # every per-item failure becomes data here, at the stage edge
+        return _classify(exc, progress, options, deadline_hit=deadline.expired())
+
+
+async def _read_response(
+    resp: aiohttp.ClientResponse, options: FetchOptions, progress: _Progress
+) -> _Outcome:
+    progress.saw(resp)
+    status = resp.status
+    if not 200 <= status < 300:
+        return _status_outcome(resp, progress)
+    if options.respect_opt_out and opted_out(
+        resp.headers.getall("X-Robots-Tag", []), options.user_agent
+    ):
+        resp.close()  # drop the connection rather than drain a body we must not use
+        return _Outcome(progress, error_class=ErrorClass.OPTED_OUT,
+                        error_message="server opted out of AI use (X-Robots-Tag)")
+    length = resp.content_length
+    if length is not None and length > options.max_bytes:
+        resp.close()
+        return _too_large(progress, options, f"Content-Length {length}")
+    progress.reading_body = True
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
+        total += len(chunk)
+        if total > options.max_bytes:
+            resp.close()
+            return _too_large(progress, options, f"stopped after {total} bytes")
+        chunks.append(chunk)
+    return _Outcome(progress, body=b"".join(chunks))
+
+
+def _status_outcome(resp: aiohttp.ClientResponse, progress: _Progress) -> _Outcome:
+    status = resp.status
+    # The standard phrase, not the server's reason: messages stay the same across servers
+    # (werkzeug says "NOT FOUND") and a hostile reason line cannot flood the catalog.
+    message = f"HTTP {status} {_phrase(status) or _short(resp.reason or '', 40)}".rstrip()
+    if status in _RETRY_STATUSES or status >= 500:
+        return _Outcome(
+            progress,
+            error_class=ErrorClass.HTTP_5XX if status >= 500 else ErrorClass.HTTP_4XX,
+            error_message=message,
+            retry=True,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+        )
+    if 400 <= status < 500:
+        return _Outcome(progress, error_class=ErrorClass.HTTP_4XX, error_message=message)
+    if 300 <= status < 400:
+        # aiohttp follows 301/302/303/307/308 itself; what reaches us is 300/304/... or a
+        # redirect without Location.
+        if "Location" not in resp.headers and status in (301, 302, 303, 307, 308):
+            message += " without a Location header"
+        return _Outcome(progress, error_class=ErrorClass.REDIRECT, error_message=message)
+    return _Outcome(progress, error_class=ErrorClass.INTERNAL,
+                    error_message=f"unexpected {message}")
+
+
+def _too_large(progress: _Progress, options: FetchOptions, detail: str) -> _Outcome:
+    return _Outcome(progress, error_class=ErrorClass.TOO_LARGE,
+                    error_message=f"body larger than {_size(options.max_bytes)} ({detail})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exceptions → error classes
+
+
+def _classify(
+    exc: Exception, progress: _Progress, options: FetchOptions, *, deadline_hit: bool
+) -> _Outcome:
+    """Translate one exception; order matters because aiohttp's classes inherit widely."""
+
+    def fail(error_class: ErrorClass, message: str, *, retry: bool = False) -> _Outcome:
+        return _Outcome(progress, error_class=error_class, error_message=message, retry=retry)
+
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        if exc.history:
+            progress.final_url = str(exc.history[-1].url)
+            progress.redirects = len(exc.history)
+        return fail(ErrorClass.REDIRECT,
+                    f"more than {options.max_redirects} redirects")
+    if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError):
+        return fail(ErrorClass.REDIRECT, f"redirect to a non-http(s) URL: {_short(exc.args[0])}")
+    if isinstance(exc, aiohttp.InvalidUrlRedirectClientError):
+        return fail(ErrorClass.REDIRECT, f"redirect to an invalid URL: {_short(exc.args[0])}")
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
+        return fail(ErrorClass.INVALID, f"not a fetchable http(s) URL: {_short(progress.final_url)}")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return fail(ErrorClass.TIMEOUT, f"connect timeout after {options.connect_timeout} s",
+                    retry=True)
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return fail(ErrorClass.TIMEOUT, f"read timeout: no data for {options.read_timeout} s",
+                    retry=True)
+    if isinstance(exc, TimeoutError):  # ours (the per-attempt deadline) or another aiohttp one
+        what = "no complete response" if deadline_hit else "timed out"
+        return fail(ErrorClass.TIMEOUT, f"{what} within {options.timeout} s", retry=True)
+    if isinstance(exc, (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch)):
+        return fail(ErrorClass.TLS, f"TLS error: {_os_reason(exc)}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        # EAI_AGAIN is a resolver hiccup; a name that does not exist will not start to.
+        transient = getattr(exc.os_error, "errno", None) == socket.EAI_AGAIN
+        return fail(ErrorClass.DNS, f"cannot resolve host {exc.host}", retry=transient)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return fail(ErrorClass.TRUNCATED, f"body cut short: {_payload_reason(exc)}", retry=True)
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                        ConnectionResetError)):
+        if progress.reading_body:
+            return fail(ErrorClass.TRUNCATED, "connection closed in the middle of the body",
+                        retry=True)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return fail(ErrorClass.CONNECT,
+                        f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc)}", retry=True)
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return fail(ErrorClass.CONNECT, "server closed the connection without a response",
+                        retry=True)
+        return fail(ErrorClass.CONNECT, f"connection error: {_os_reason(exc)}", retry=True)
+    if isinstance(exc, aiohttp.ClientResponseError):  # aiohttp could not parse the response
+        return fail(ErrorClass.CONNECT, f"malformed HTTP response: {exc.message}")
+    return fail(ErrorClass.INTERNAL, f"unexpected {type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Header parsing (pure, tested directly)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None.
+
+    A date in the past gives 0.0; anything unparseable gives None (i.e. ignore the header).
+    ``now`` is a Unix time, for tests.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():  # RFC 9110 §10.2.3: delta-seconds = 1*DIGIT
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses as naive; an HTTP-date is always GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def opted_out(values: list[str] | tuple[str, ...], user_agent: str) -> bool:
+    """Whether X-Robots-Tag header values forbid AI use (noai/noimageai) for our agent.
+
+    Each header holds comma-separated directives, optionally prefixed by a bot name
+    (``otherbot: noai, noimageai``); a prefix applies to the rest of that header. Directives
+    without a prefix, or for ``*``, or for our product token apply to us.
+    """
+    ours = {"*", _product_token(user_agent)}
+    for value in values:
+        agent: str | None = None
+        for item in value.split(","):
+            name, sep, rest = item.partition(":")
+            name = name.strip().lower()
+            if sep and name not in _VALUED_DIRECTIVES and " " not in name:
+                agent, item = name, rest
+            if (agent is None or agent in ours) and item.strip().lower() in OPT_OUT_DIRECTIVES:
+                return True
+    return False
+
+
+def _product_token(user_agent: str) -> str:
+    """'pipeline/0.1.0 (image downloader...)' → 'pipeline'."""
+    return user_agent.strip().split("/", 1)[0].split(None, 1)[0].lower()
+
+
+def _mime(content_type: str | None) -> str | None:
+    if not content_type:
+        return None
+    return content_type.split(";", 1)[0].strip().lower() or None
+
+
+# ---------------------------------------------------------------------------------------------
+# Message helpers
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _os_reason(exc: Exception) -> str:
+    """The human part of an OSError-ish exception ('Connection refused'), not its repr."""
+    os_error = getattr(exc, "os_error", None) or exc
+    code = getattr(os_error, "errno", None)
+    text = getattr(os_error, "strerror", None) or str(os_error) or type(exc).__name__
+    if code == errno.ECONNREFUSED:
+        return "connection refused"
+    return _short(text)
+
+
+def _payload_reason(exc: aiohttp.ClientPayloadError) -> str:
+    cause = exc.__cause__ or (exc.args[1] if len(exc.args) > 1 else None)
+    if cause is not None and type(cause).__name__ == "ContentLengthError":
+        return "fewer bytes than Content-Length"
+    return _short(exc.args[0] if exc.args else "payload error")
