@@ -5,8 +5,8 @@ the shard's done mark), so a killed run never leaves half a shard behind: a shar
 in ``shards`` with every one of its rows in ``items``, or it is not there at all and runs
 again. WAL mode lets ``pipeline status`` read while a run writes.
 
-The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[i]`` moves a catalog
-from version ``i`` to ``i + 1``.
+The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[i]`` is the SQL that moves
+a catalog from version ``i`` to ``i + 1``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,7 @@ ITEM_COLUMNS = (
 )  # fmt: skip
 
 
-def _v1(db: sqlite3.Connection) -> None:
-    db.executescript(
-        """
+_V1 = """
         CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE shards (
             shard_id INTEGER PRIMARY KEY,
@@ -79,11 +77,10 @@ def _v1(db: sqlite3.Connection) -> None:
         CREATE INDEX items_shard ON items (shard_id);
         CREATE INDEX items_sha256 ON items (sha256);
         CREATE INDEX items_status ON items (status, error_class);
-        """
-    )
+"""
 
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+# MIGRATIONS[i] is the SQL script that moves a catalog from schema i to i + 1.
+MIGRATIONS: list[str] = [_V1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +159,9 @@ class Catalog:
 
     def _migrate(self) -> None:
         version = self._check_version()
-        for step, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self.transaction():
-                migrate(self.db)
-                self.db.execute(f"PRAGMA user_version = {step}")
+        for step, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript() commits first, so the script carries its own transaction.
+            self.db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {step}; COMMIT;")
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)

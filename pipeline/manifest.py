@@ -54,10 +54,16 @@ class ManifestSpec:
     local_root: Path | None = None  # None: the manifest's own folder
 
     @property
+    def base(self) -> Path:
+        """What relative local paths are relative to: the manifest's folder."""
+        return self.path if self.kind == "dir" else self.path.parent
+
+    @property
     def root(self) -> Path:
+        """What local paths must lie under: --local-root, else the manifest's folder."""
         if self.kind == "dir":
             return self.path  # a directory manifest is its own root
-        return self.local_root if self.local_root is not None else self.path.parent
+        return self.local_root if self.local_root is not None else self.base
 
 
 def open_manifest(
@@ -150,12 +156,15 @@ def make_row(
     text = (url or "").strip()
     key = (key or "").strip() or str(row)
     extras = tuple(extra.items())
-    source, problem = resolve_source(text, spec.root)
+    source, problem = resolve_source(text, spec.root, spec.base)
     return ManifestRow(row, line, key, text, source, extras, problem)
 
 
-def resolve_source(url: str, root: Path) -> tuple[str, str | None]:
-    """Return (source, None) for a usable URL, or ("", reason) for an unusable one."""
+def resolve_source(url: str, root: Path, base: Path | None = None) -> tuple[str, str | None]:
+    """Return (source, None) for a usable URL, or ("", reason) for an unusable one.
+
+    Relative local paths are taken relative to ``base`` and must end up under ``root``.
+    """
     if not url:
         return "", "empty url"
     if any("\udc80" <= c <= "\udcff" for c in url):
@@ -178,15 +187,15 @@ def resolve_source(url: str, root: Path) -> tuple[str, str | None]:
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             return "", f"file url with a remote host: {parts.netloc}"
-        return _local_source(Path(unquote(parts.path)), root)
+        return _local_source(Path(unquote(parts.path)), root, base or root)
     if scheme and len(scheme) > 1:  # one letter would be a Windows drive
         return "", f"unsupported scheme '{scheme}' (only http, https, or local files under --local-root)"
-    return _local_source(Path(url), root)
+    return _local_source(Path(url), root, base or root)
 
 
-def _local_source(path: Path, root: Path) -> tuple[str, str | None]:
+def _local_source(path: Path, root: Path, base: Path) -> tuple[str, str | None]:
     # Resolving follows symlinks, so a link inside the root pointing outside is refused too.
-    full = (root / path).resolve() if not path.is_absolute() else path.resolve()
+    full = (base / path).resolve()
     if not full.is_relative_to(root):
         return "", f"local path outside --local-root ({root})"
     if not full.is_file():
