@@ -1,0 +1,229 @@
+"""Content-addressed file store under OUT: the only module that writes image files.
+
+Layout (every name derives from a SHA-256 hex digest and an int, never from a URL or from
+manifest text, so no input can steer a write outside OUT)::
+
+    OUT/originals/<sha[:2]>/<sha>.<ext>
+    OUT/thumbs/<size>/<sha[:2]>/<sha>.<ext>
+    OUT/.tmp/                   in-flight writes; emptied by clear_temp() at run start/end
+
+Writes are atomic: bytes go to a uniquely named file in ``OUT/.tmp/`` (same filesystem as
+the target, so ``os.replace`` is a rename) and are renamed into place only when complete.
+A killed worker therefore leaves at worst a stray temp file, never a half-written image
+under a valid name. Because a name is a content hash, an existing target already holds the
+right bytes and is never rewritten; two workers racing on the same content both rename
+identical bytes, which is harmless.
+
+Durability: no fsync by default. The rename already protects against the failures we see
+(crash, kill -9, OOM killer); only a kernel crash or power loss before writeback could leave
+an empty file under a final name, and an fsync per thumbnail costs a journal flush each, at
+thousands of files per second. Pass ``fsync=True`` where that trade is wrong (e.g. a
+network filesystem you cannot re-run against).
+
+Errors: ``OSError`` meaning "OUT cannot be written" (disk full, quota, read-only,
+permissions) becomes ``StorageError``, which is fatal for the run since every later item
+would fail the same way. Other ``OSError`` propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import StorageError
+
+TMP_DIR = ".tmp"
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_EXT = re.compile(r"[a-z0-9]{1,8}")
+
+# errno values that mean "this folder cannot take our files", as opposed to a bug.
+_STORAGE_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "no space left on device",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "I/O error",
+}
+if hasattr(errno, "EDQUOT"):  # not defined on every platform
+    _STORAGE_ERRNOS[errno.EDQUOT] = "disk quota exceeded"
+
+
+def _check_sha(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise ValueError(f"not a lowercase SHA-256 hex digest: {sha256!r}")
+    return sha256
+
+
+def _check_ext(ext: str) -> str:
+    if not isinstance(ext, str) or not _EXT.fullmatch(ext):
+        raise ValueError(f"bad file extension: {ext!r}")
+    return ext
+
+
+class Store:
+    """Content-addressed files under ``root`` (the run's OUT folder).
+
+    Thread-safe and cheap to construct; it holds no open files. Create one per process.
+    """
+
+    __slots__ = ("root", "fsync", "_tmp", "_made_dirs")
+
+    def __init__(self, root: Path, *, fsync: bool = False) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self._tmp = self.root / TMP_DIR
+        # Folders known to exist: saves a mkdir syscall per file. A set is safe to share
+        # between threads here (worst case two threads both mkdir with exist_ok).
+        self._made_dirs: set[Path] = set()
+
+    # -- names ---------------------------------------------------------------------------
+
+    def thumb_relpath(self, sha256: str, size: int, ext: str) -> str:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"bad thumbnail size: {size!r}")
+        sha = _check_sha(sha256)
+        return f"thumbs/{size}/{sha[:2]}/{sha}.{_check_ext(ext)}"
+
+    def original_relpath(self, sha256: str, ext: str) -> str:
+        sha = _check_sha(sha256)
+        return f"originals/{sha[:2]}/{sha}.{_check_ext(ext)}"
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a store-made relative path (refuses anything escaping OUT)."""
+        pure = PurePosixPath(rel)
+        if pure.is_absolute() or not pure.parts or ".." in pure.parts or pure.parts[0] == TMP_DIR:
+            raise ValueError(f"not a store path: {rel!r}")
+        return self.root.joinpath(*pure.parts)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).is_file()
+
+    # -- writes --------------------------------------------------------------------------
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` to ``rel`` atomically; a no-op if ``rel`` already exists."""
+        target = self.path(rel)
+        if target.is_file():
+            return
+        with self._translate(target.parent):
+            tmp = self._new_temp(target.suffix)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    if self.fsync:
+                        f.flush()
+                        os.fsync(f.fileno())
+                self._commit(tmp, target)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+
+    @contextmanager
+    def atomic_path(self, rel: str) -> Iterator[Path]:
+        """Yield a temp path to write; on success it is renamed to ``rel``, else removed.
+
+        The temp file already exists (empty) and has the target's suffix, so a writer
+        that infers the format from the name still works; pass the format explicitly anyway.
+        Callers skip the work when ``exists(rel)``; if the target appeared meanwhile, the
+        rename replaces it with the same content.
+        """
+        target = self.path(rel)
+        with self._translate(target.parent):
+            tmp = self._new_temp(target.suffix)
+            try:
+                yield tmp
+                if self.fsync:
+                    _fsync_file(tmp)
+                self._commit(tmp, target)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+
+    def clear_temp(self) -> int:
+        """Remove leftovers of interrupted writes; returns how many entries were removed.
+
+        Only safe while no worker writes into this OUT (run start and end).
+        """
+        if not self._tmp.is_dir():
+            return 0
+        removed = 0
+        with self._translate(self._tmp):
+            for entry in self._tmp.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    _unlink_quietly(entry)
+                removed += 1
+        return removed
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _new_temp(self, suffix: str) -> Path:
+        self._ensure_dir(self._tmp)
+        # pid + random token: unique across threads and worker processes sharing OUT.
+        # os.open with 0o666 (not mkstemp's 0o600) so the final file gets the umask's
+        # usual permissions and can be served by a web server running as another user.
+        name = f"{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+        tmp = self._tmp / name
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileNotFoundError:  # someone removed .tmp behind our cache's back
+            self._made_dirs.discard(self._tmp)
+            self._ensure_dir(self._tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        return tmp
+
+    def _commit(self, tmp: Path, target: Path) -> None:
+        self._ensure_dir(target.parent)
+        try:
+            os.replace(tmp, target)
+        except FileNotFoundError:
+            if not tmp.exists():
+                raise
+            self._made_dirs.discard(target.parent)  # folder removed since we cached it
+            self._ensure_dir(target.parent)
+            os.replace(tmp, target)
+
+    def _ensure_dir(self, folder: Path) -> None:
+        if folder in self._made_dirs:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        self._made_dirs.add(folder)
+
+    @contextmanager
+    def _translate(self, folder: Path) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            reason = _STORAGE_ERRNOS.get(exc.errno) if exc.errno is not None else None
+            if reason is None:
+                raise
+            raise StorageError(f"cannot write to {folder}: {reason} ({exc.strerror or exc})") from exc
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        # The original error matters more than a failed cleanup; clear_temp() retries.
+        pass
