@@ -92,6 +92,8 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 # Our own check (right after open, from the header) reports over-size images as item
 # errors; Pillow's warning for the same thing would only spam the logs.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+# ...unless the interpreter runs with -W error, which turns the warning into an exception.
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _limit_lock = threading.Lock()
 
 
@@ -202,7 +204,7 @@ def _decode(data: bytes, options: ProcessOptions) -> _Decoded:
         im = Image.open(BytesIO(data), formats=_known_formats(options.formats))
     except UnidentifiedImageError as exc:
         raise _unidentified(data, options.formats) from exc
-    except Image.DecompressionBombError as exc:
+    except _BOMB as exc:
         raise ItemError(ErrorClass.TOO_MANY_PIXELS, str(exc)) from exc
     except _DECODE_ERRORS as exc:
         raise _decode_failure(data, None, exc) from exc
@@ -214,7 +216,7 @@ def _decode(data: bytes, options: ProcessOptions) -> _Decoded:
 
     try:
         return _load(im, fmt, options)
-    except Image.DecompressionBombError as exc:  # not an OSError: Pillow checks GIF frames too
+    except _BOMB as exc:  # not an OSError; Pillow checks GIF frames too
         raise ItemError(ErrorClass.TOO_MANY_PIXELS, str(exc)) from exc
     except _DECODE_ERRORS as exc:
         raise _decode_failure(data, fmt, exc) from exc
