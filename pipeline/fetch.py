@@ -35,15 +35,13 @@ from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
 from pipeline.models import FetchResult
 
-__all__ = ["make_session", "fetch_url", "parse_retry_after", "opted_out"]
+__all__ = ["fetch_url", "make_session", "opted_out", "parse_retry_after", "retry_delay"]
 
 CHUNK_SIZE = 64 * 1024
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 # X-Robots-Tag directives that carry their own "name: value"; the name before their colon
 # is not a user-agent prefix (https://developers.google.com/search/docs/crawling-indexing/robots-meta-tag).
-_VALUED_DIRECTIVES = frozenset(
-    {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
-)
+_VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 _RETRY_STATUSES = frozenset({408, 429})
 _RNG = random.Random()
 
@@ -165,9 +163,12 @@ async def fetch_url(
     while True:
         try:
             outcome = await _attempt(session, url, options)
-        except Exception as exc:  # a bug of ours; still data, never a crashed shard
-            outcome = _Outcome(_Progress(final_url=url), error_class=ErrorClass.INTERNAL,
-                               error_message=f"unexpected {type(exc).__name__}: {_short(exc)}")
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: still data, never a crashed shard
+            outcome = _Outcome(
+                _Progress(final_url=url),
+                error_class=ErrorClass.INTERNAL,
+                error_message=f"unexpected {type(exc).__name__}: {_short(exc)}",
+            )
         attempts += 1
         if not outcome.retry or attempts > options.retries:
             break
@@ -205,16 +206,18 @@ async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptio
     progress = _Progress(final_url=url)
     deadline = asyncio.timeout(options.timeout)
     try:
-        async with deadline:
-            # aiohttp raises TooManyRedirects once it has *received* max_redirects redirects,
-            # so +1 lets exactly `options.max_redirects` hops through (and 0 lets none).
-            async with session.get(
+        # aiohttp raises TooManyRedirects once it has *received* max_redirects redirects,
+        # so +1 lets exactly `options.max_redirects` hops through (and 0 lets none).
+        async with (
+            deadline,
+            session.get(
                 url,
                 max_redirects=options.max_redirects + 1,
                 trace_request_ctx=_DeadlineRef(deadline, options.timeout),
-            ) as resp:
-                return await _read_response(resp, options, progress)
-    except Exception as exc:  # every per-item failure becomes data here, at the stage edge
+            ) as resp,
+        ):
+            return await _read_response(resp, options, progress)
+    except Exception as exc:  # noqa: BLE001 - every per-item failure becomes data at the stage edge
         return _classify(exc, progress, options, deadline_hit=deadline.expired())
 
 
@@ -225,12 +228,13 @@ async def _read_response(
     status = resp.status
     if not 200 <= status < 300:
         return _status_outcome(resp, progress)
-    if options.respect_opt_out and opted_out(
-        resp.headers.getall("X-Robots-Tag", []), options.user_agent
-    ):
+    if options.respect_opt_out and opted_out(resp.headers.getall("X-Robots-Tag", []), options.user_agent):
         resp.close()  # drop the connection rather than drain a body we must not use
-        return _Outcome(progress, error_class=ErrorClass.OPTED_OUT,
-                        error_message="server opted out of AI use (X-Robots-Tag)")
+        return _Outcome(
+            progress,
+            error_class=ErrorClass.OPTED_OUT,
+            error_message="server opted out of AI use (X-Robots-Tag)",
+        )
     length = resp.content_length
     if length is not None and length > options.max_bytes:
         resp.close()
@@ -268,22 +272,22 @@ def _status_outcome(resp: aiohttp.ClientResponse, progress: _Progress) -> _Outco
         if "Location" not in resp.headers and status in (301, 302, 303, 307, 308):
             message += " without a Location header"
         return _Outcome(progress, error_class=ErrorClass.REDIRECT, error_message=message)
-    return _Outcome(progress, error_class=ErrorClass.INTERNAL,
-                    error_message=f"unexpected {message}")
+    return _Outcome(progress, error_class=ErrorClass.INTERNAL, error_message=f"unexpected {message}")
 
 
 def _too_large(progress: _Progress, options: FetchOptions, detail: str) -> _Outcome:
-    return _Outcome(progress, error_class=ErrorClass.TOO_LARGE,
-                    error_message=f"body larger than {_size(options.max_bytes)} ({detail})")
+    return _Outcome(
+        progress,
+        error_class=ErrorClass.TOO_LARGE,
+        error_message=f"body larger than {_size(options.max_bytes)} ({detail})",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Exceptions → error classes
 
 
-def _classify(
-    exc: Exception, progress: _Progress, options: FetchOptions, *, deadline_hit: bool
-) -> _Outcome:
+def _classify(exc: Exception, progress: _Progress, options: FetchOptions, *, deadline_hit: bool) -> _Outcome:
     """Translate one exception; order matters because aiohttp's classes inherit widely."""
 
     def fail(error_class: ErrorClass, message: str, *, retry: bool = False) -> _Outcome:
@@ -293,8 +297,7 @@ def _classify(
         if exc.history:
             progress.final_url = str(exc.history[-1].url)
             progress.redirects = len(exc.history)
-        return fail(ErrorClass.REDIRECT,
-                    f"more than {options.max_redirects} redirects")
+        return fail(ErrorClass.REDIRECT, f"more than {options.max_redirects} redirects")
     if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError):
         return fail(ErrorClass.REDIRECT, f"redirect to a non-http(s) URL: {_short(exc.args[0])}")
     if isinstance(exc, aiohttp.InvalidUrlRedirectClientError):
@@ -302,33 +305,29 @@ def _classify(
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
         return fail(ErrorClass.INVALID, f"not a fetchable http(s) URL: {_short(progress.final_url)}")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return fail(ErrorClass.TIMEOUT, f"connect timeout after {options.connect_timeout} s",
-                    retry=True)
+        return fail(ErrorClass.TIMEOUT, f"connect timeout after {options.connect_timeout} s", retry=True)
     if isinstance(exc, aiohttp.SocketTimeoutError):
-        return fail(ErrorClass.TIMEOUT, f"read timeout: no data for {options.read_timeout} s",
-                    retry=True)
+        return fail(ErrorClass.TIMEOUT, f"read timeout: no data for {options.read_timeout} s", retry=True)
     if isinstance(exc, TimeoutError):  # ours (the per-attempt deadline) or another aiohttp one
         what = "no complete response" if deadline_hit else "timed out"
         return fail(ErrorClass.TIMEOUT, f"{what} within {options.timeout} s", retry=True)
     if isinstance(exc, (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch)):
-        return fail(ErrorClass.TLS, f"TLS error: {_os_reason(exc)}")
+        return fail(ErrorClass.TLS, f"TLS error: {_tls_reason(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         # EAI_AGAIN is a resolver hiccup; a name that does not exist will not start to.
         transient = getattr(exc.os_error, "errno", None) == socket.EAI_AGAIN
         return fail(ErrorClass.DNS, f"cannot resolve host {exc.host}", retry=transient)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return fail(ErrorClass.TRUNCATED, f"body cut short: {_payload_reason(exc)}", retry=True)
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                        ConnectionResetError)):
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError)):
         if progress.reading_body:
-            return fail(ErrorClass.TRUNCATED, "connection closed in the middle of the body",
-                        retry=True)
+            return fail(ErrorClass.TRUNCATED, "connection closed in the middle of the body", retry=True)
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return fail(ErrorClass.CONNECT,
-                        f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc)}", retry=True)
+            return fail(
+                ErrorClass.CONNECT, f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc)}", retry=True
+            )
         if isinstance(exc, aiohttp.ServerDisconnectedError):
-            return fail(ErrorClass.CONNECT, "server closed the connection without a response",
-                        retry=True)
+            return fail(ErrorClass.CONNECT, "server closed the connection without a response", retry=True)
         return fail(ErrorClass.CONNECT, f"connection error: {_os_reason(exc)}", retry=True)
     if isinstance(exc, aiohttp.ClientResponseError):  # aiohttp could not parse the response
         return fail(ErrorClass.CONNECT, f"malformed HTTP response: {exc.message}")
@@ -421,6 +420,16 @@ def _os_reason(exc: Exception) -> str:
     if code == errno.ECONNREFUSED:
         return "connection refused"
     return _short(text)
+
+
+def _tls_reason(exc: Exception) -> str:
+    """'certificate verify failed: self-signed certificate' rather than the whole SSL repr."""
+    inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
+    if verify := getattr(inner, "verify_message", None):
+        return f"certificate verify failed: {verify}"
+    if reason := getattr(inner, "reason", None):
+        return str(reason).replace("_", " ").lower()
+    return _short(inner)
 
 
 def _payload_reason(exc: aiohttp.ClientPayloadError) -> str:

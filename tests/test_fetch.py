@@ -9,11 +9,15 @@ for a backoff and the delays themselves can be asserted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import gzip
 import random
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -56,16 +60,35 @@ def fetch(url: str, options: FetchOptions = FAST, **kwargs: object) -> FetchResu
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+@contextlib.asynccontextmanager
+async def raw_server(handler: RawHandler, *, tls: ssl.SSLContext | None = None):
+    """A socket server in the running loop; yields its base URL, closes every connection after."""
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for writer in writers:  # Python 3.11's Server.close() leaves accepted sockets open
+            writer.close()
+        await asyncio.sleep(0)
+
+
 def fetch_raw(handler: RawHandler, options: FetchOptions = FAST, **kwargs: object) -> FetchResult:
-    """Fetch from a raw asyncio socket server that runs `handler` for every connection."""
+    """Fetch from a raw socket server that runs `handler` for every connection."""
 
     async def main() -> FetchResult:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            return await _fetch(f"http://127.0.0.1:{port}/img", options, **kwargs)
-        finally:
-            server.close()  # leftover handler tasks are cancelled by asyncio.run
+        async with raw_server(handler) as base:
+            return await _fetch(f"{base}/img", options, **kwargs)
 
     kwargs.setdefault("sleep", SleepRecorder())
     return asyncio.run(main())
@@ -86,9 +109,7 @@ def assert_failed(result: FetchResult, error_class: ErrorClass) -> None:
 
 
 def test_ok_returns_body_mime_and_one_attempt(httpserver):
-    httpserver.expect_request("/img.png").respond_with_data(
-        PNG, content_type="image/png; charset=binary"
-    )
+    httpserver.expect_request("/img.png").respond_with_data(PNG, content_type="image/png; charset=binary")
     result = fetch(httpserver.url_for("/img.png"))
     assert result.error_class is None and result.error_message is None
     assert result.body == PNG
@@ -189,9 +210,7 @@ def test_retry_delay_is_full_jitter_below_the_ceiling():
 
 
 def test_429_retry_after_seconds_is_waited(httpserver):
-    httpserver.expect_ordered_request("/rl").respond_with_data(
-        "", status=429, headers={"Retry-After": "2"}
-    )
+    httpserver.expect_ordered_request("/rl").respond_with_data("", status=429, headers={"Retry-After": "2"})
     httpserver.expect_ordered_request("/rl").respond_with_data(b"ok")
     sleep = SleepRecorder()
     result = fetch(httpserver.url_for("/rl"), sleep=sleep)
@@ -201,9 +220,7 @@ def test_429_retry_after_seconds_is_waited(httpserver):
 
 def test_429_retry_after_http_date_is_waited(httpserver):
     when = email.utils.formatdate(time.time() + 10, usegmt=True)
-    httpserver.expect_ordered_request("/rl").respond_with_data(
-        "", status=429, headers={"Retry-After": when}
-    )
+    httpserver.expect_ordered_request("/rl").respond_with_data("", status=429, headers={"Retry-After": when})
     httpserver.expect_ordered_request("/rl").respond_with_data(b"ok")
     sleep = SleepRecorder()
     result = fetch(httpserver.url_for("/rl"), sleep=sleep)
@@ -213,9 +230,7 @@ def test_429_retry_after_http_date_is_waited(httpserver):
 
 
 def test_retry_after_is_clamped_to_max_retry_after(httpserver):
-    httpserver.expect_request("/rl").respond_with_data(
-        "", status=429, headers={"Retry-After": "3600"}
-    )
+    httpserver.expect_request("/rl").respond_with_data("", status=429, headers={"Retry-After": "3600"})
     options = replace(FAST, retries=2, max_retry_after=1.5)
     sleep = SleepRecorder()
     result = fetch(httpserver.url_for("/rl"), options, sleep=sleep)
@@ -291,13 +306,8 @@ def test_waiting_for_a_pool_slot_does_not_eat_the_deadline():
     options = replace(FAST, per_host=1, timeout=0.5, retries=0)
 
     async def main() -> list[FetchResult]:
-        server = await asyncio.start_server(slow_ok, "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
-        try:
-            async with make_session(options) as session:
-                return await asyncio.gather(*(fetch_url(session, url, options) for _ in range(3)))
-        finally:
-            server.close()
+        async with raw_server(slow_ok) as url, make_session(options) as session:
+            return await asyncio.gather(*(fetch_url(session, url, options) for _ in range(3)))
 
     results = asyncio.run(main())
     assert [r.error_class for r in results] == [None, None, None]
@@ -348,8 +358,7 @@ def _short_body_server(counter: list[int]) -> RawHandler:
         counter.append(1)
         await read_request(reader)
         writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n"
-            + b"0123456789"
+            b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n" + b"0123456789"
         )
         await writer.drain()
         writer.close()
@@ -408,9 +417,7 @@ def test_one_hop_more_than_max_redirects_fails(httpserver):
 
 
 def test_redirect_loop_fails(httpserver):
-    httpserver.expect_request("/loop").respond_with_data(
-        "", status=302, headers={"Location": "/loop"}
-    )
+    httpserver.expect_request("/loop").respond_with_data("", status=302, headers={"Location": "/loop"})
     result = fetch(httpserver.url_for("/loop"))
     assert_failed(result, ErrorClass.REDIRECT)
     assert result.error_message == "more than 5 redirects"
@@ -507,6 +514,27 @@ def test_unresolvable_host_is_dns_without_retry():
     assert_failed(result, ErrorClass.DNS)
     assert result.attempts == 1
     assert result.error_message == "cannot resolve host nonexistent.invalid"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_untrusted_certificate_is_tls_without_retry(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def main() -> FetchResult:
+        async with raw_server(_short_body_server([]), tls=server_tls) as url:
+            return await _fetch(url, FAST)
+
+    result = asyncio.run(main())
+    assert_failed(result, ErrorClass.TLS)
+    assert result.attempts == 1
+    assert result.error_message == "TLS error: certificate verify failed: self-signed certificate"
 
 
 @pytest.mark.parametrize("url", ["not a url", "http://", "ftp://example.com/img.png"])
