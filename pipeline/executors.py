@@ -21,6 +21,23 @@ from pipeline.worker import failed_report, init_worker, run_shard
 
 
 class ShardExecutor(Protocol):
+    def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[ShardReport]: ...
+
+
+class LocalExecutor:
+    """Shards on a ``ProcessPoolExecutor`` of ``procs`` spawned worker processes.
+
+    ``spawn`` rather than fork: the parent may hold SQLite handles, threads and (in Jupyter)
+    a running event loop, none of which survive a fork safely.
+    """
+
+    def __init__(self, procs: int, *, window: int | None = None, max_attempts: int = 3) -> None:
+        self.procs = procs
+        self.window = window or 2 * procs
+        self.max_attempts = max_attempts
+        self._pool: ProcessPoolExecutor | None = None
+        self._suspects: list[Shard] = []
+
     def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[ShardReport]:
         source = iter(shards)
         pending: dict[Future[ShardReport], Shard] = {}

@@ -135,10 +135,14 @@ def read_rows(spec: ManifestSpec) -> Iterator[ManifestRow]:
 
 
 def extra_columns(spec: ManifestSpec) -> tuple[str, ...]:
-    """Extra column names known from a header (CSV/TSV/Parquet); JSONL extras vary by row."""
+    """Extra column names known from a header (CSV/TSV/Parquet); JSONL extras vary by row.
+
+    Reading the header also checks it, so a manifest without its URL column fails before
+    any worker starts.
+    """
     if spec.kind in ("csv", "tsv"):
         with _open_text(spec) as f:
-            header = next(csv.reader(f, delimiter="," if spec.kind == "csv" else "\t"), [])
+            header = _read_header(csv.reader(f, delimiter="," if spec.kind == "csv" else "\t"), spec)
         return tuple(h for h in header if h not in (spec.url_column, spec.key_column))
     if spec.kind == "parquet":
         names = _parquet_file(spec).schema_arrow.names

@@ -1,0 +1,51 @@
+"""Shared fixtures: a real threaded HTTP server on 127.0.0.1 and real image bytes."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image, ImageDraw
+from pytest_httpserver import HTTPServer
+
+
+@pytest.fixture
+def server() -> Iterator[HTTPServer]:
+    """A threaded pytest-httpserver: worker processes make many requests at once."""
+    srv = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.clear()
+        if srv.is_running():
+            srv.stop()
+
+
+def photo(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
+    """A photo-like picture: gradient sky, shapes and noise, different for every seed."""
+    rng = random.Random(seed)
+    im = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    tint = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    im = Image.blend(im, tint, 0.5)
+    draw = ImageDraw.Draw(im)
+    for _ in range(12):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        x1, y1 = x0 + rng.randrange(10, width // 2 + 11), y0 + rng.randrange(10, height // 2 + 11)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    noise = Image.effect_noise((width, height), 24).convert("RGB")
+    im = Image.blend(im, noise, 0.15)
+    return im.convert(mode) if mode != "RGB" else im
+
+
+def encode(im: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def jpeg(width: int = 640, height: int = 480, seed: int = 0, quality: int = 85) -> bytes:
+    return encode(photo(width, height, seed), "JPEG", quality=quality)
