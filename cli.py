@@ -90,6 +90,7 @@ def main() -> None:
 @click.option("--user-agent", default=DEFAULT_USER_AGENT, show_default=True, help="User-Agent header.")
 @click.option("--ignore-opt-out", is_flag=True, help="Fetch even when X-Robots-Tag says noai/noimageai.")
 @click.option("--sizes", default="256", show_default=True, callback=_sizes, help="Thumbnail sizes (longest side), comma-separated.")
+@click.option("--thumbnails/--no-thumbnails", default=True, show_default=True, help="--no-thumbnails: only download, SHA-256 and keep originals; no decode, no dHash/pHash.")
 @click.option("--thumb-format", type=click.Choice(THUMB_FORMATS), default=_P.thumb_format, show_default=True, help="Thumbnail encoding.")
 @click.option("--thumb-quality", type=int, default=_P.thumb_quality, show_default=True, help="JPEG/WebP quality of thumbnails.")
 @click.option("--keep-originals/--no-keep-originals", default=True, show_default=True, help="Store the downloaded files too.")

@@ -63,6 +63,8 @@ class FetchOptions:
 @dataclass(frozen=True, slots=True)
 class ProcessOptions:
     sizes: tuple[int, ...] = (256,)  # longest side of each thumbnail, largest first
+    # False: download, SHA-256 and keep the original only; no decode, thumbnails or dHash/pHash.
+    thumbnails: bool = True
     thumb_format: str = "jpeg"
     thumb_quality: int = 85
     keep_originals: bool = True
@@ -122,6 +124,7 @@ class RunConfig:
             "key_column": self.key_column,
             "local_root": str(self.local_root) if self.local_root else None,
             "sizes": list(self.process.sizes),
+            "thumbnails": self.process.thumbnails,
             "thumb_format": self.process.thumb_format,
             "thumb_quality": self.process.thumb_quality,
             "keep_originals": self.process.keep_originals,

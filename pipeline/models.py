@@ -82,8 +82,8 @@ class ImageInfo:
     width: int  # after EXIF orientation, i.e. as displayed
     height: int
     n_frames: int
-    dhash: str  # 64-bit, 16 hex digits
-    phash: str
+    dhash: str | None  # 64-bit, 16 hex digits; None when thumbnails=False (nothing decoded)
+    phash: str | None
     thumbnails: tuple[Thumbnail, ...]
     original_path: str | None
     elapsed_ms: float

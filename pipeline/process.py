@@ -117,6 +117,9 @@ def process_image(data: bytes, *, options: ProcessOptions, store: Store) -> Imag
     sha = hashlib.sha256(data).hexdigest()
     _allow_pillow_limit(options.max_pixels)
 
+    if not options.thumbnails:
+        return _keep_original_only(data, sha, started, options=options, store=store)
+
     decoded = _decode(data, options)
     thumbnails, hash_source = _make_thumbnails(decoded, sha, options=options, store=store)
 
@@ -136,6 +139,49 @@ def process_image(data: bytes, *, options: ProcessOptions, store: Store) -> Imag
         dhash=dhash(hash_source),
         phash=phash(hash_source),
         thumbnails=thumbnails,
+        original_path=original_path,
+        elapsed_ms=(time.perf_counter() - started) * 1000.0,
+    )
+
+
+def _keep_original_only(data: bytes, sha: str, started: float, *, options: ProcessOptions, store: Store) -> ImageInfo:
+    """``thumbnails=False``: no pixel is decoded; the header alone gives format and size.
+
+    Reading the header costs ~35 us against ~140 us for the SHA-256 of a 260 KB photo
+    (measured, bench/), and it still refuses what is not an allowed image.
+    """
+    try:
+        im = Image.open(BytesIO(data), formats=_known_formats(options.formats))
+    except UnidentifiedImageError as exc:
+        raise _unidentified(data, options.formats) from exc
+    except _BOMB as exc:
+        raise ItemError(ErrorClass.TOO_MANY_PIXELS, str(exc)) from exc
+    except _DECODE_ERRORS as exc:
+        raise _decode_failure(data, None, exc) from exc
+    with im:
+        fmt = im.format or "?"
+        if not _format_allowed(fmt, options.formats):
+            raise ItemError(ErrorClass.NOT_IMAGE, f"{fmt} image; format not allowed ({_allowed(options.formats)})")
+        orientation = _orientation(im)
+        width, height = im.size
+        mode, n_frames = im.mode, int(getattr(im, "n_frames", 1))
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    original_path = None
+    if options.keep_originals:
+        original_path = store.original_relpath(sha, _original_ext(fmt))
+        store.write_bytes(original_path, data)
+    return ImageInfo(
+        sha256=sha,
+        bytes=len(data),
+        format=fmt,
+        mode=mode,
+        width=width,
+        height=height,
+        n_frames=n_frames,
+        dhash=None,
+        phash=None,
+        thumbnails=(),
         original_path=original_path,
         elapsed_ms=(time.perf_counter() - started) * 1000.0,
     )
