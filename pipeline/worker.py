@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pipeline.admission import Admission
 from pipeline.config import ProcessOptions, RunConfig
 from pipeline.errors import ErrorClass, ItemError, StorageError
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
@@ -32,6 +33,7 @@ from pipeline.store import Store
 # ~0.3 s of start-up and ~30 MB of its RSS (measured, bench/README.md).
 
 _cpu_pools: dict[int, ThreadPoolExecutor] = {}  # one per process, reused by every shard it runs
+_learned_cap: dict[int, int] = {}  # --concurrency -> in-flight cap the last shard reached
 
 
 def init_worker() -> None:
@@ -73,7 +75,10 @@ class _Outcome:
 async def _run(shard: Shard, config: RunConfig, store: Store, pool: ThreadPoolExecutor) -> ShardReport:
     # A repeated URL is fetched once per shard; every row naming it gets the same outcome.
     sources = list(dict.fromkeys(r.source for r in shard.rows if r.invalid is None))
-    limit = asyncio.Semaphore(config.fetch.concurrency)
+    concurrency = config.fetch.concurrency
+    # A few bodies per CPU thread keep it fed; more would only wait in memory.
+    backlog = 8 * max(1, config.cpu_threads)
+    limit = Admission(concurrency, backlog, start=_learned_cap.get(concurrency, 2 * backlog))
     needs_http = any(not _is_local(s) for s in sources)
     from pipeline.fetch import make_session
 
@@ -84,6 +89,7 @@ async def _run(shard: Shard, config: RunConfig, store: Store, pool: ThreadPoolEx
     finally:
         if session is not None:
             await session.close()
+        _learned_cap[concurrency] = limit.cap
     report = ShardReport(shard.shard_id)
     report.items = [_item(row, outcomes.get(row.source)) for row in shard.rows]
     report.fetched = len(sources)
@@ -98,14 +104,16 @@ def _is_local(source: str) -> bool:
 async def _one(
     source: str,
     session: object,
-    limit: asyncio.Semaphore,
+    limit: Admission,
     config: RunConfig,
     store: Store,
     pool: ThreadPoolExecutor,
 ) -> _Outcome:
-    # The slot is held through processing too: that bounds the bodies held in memory to
-    # --concurrency, and slows downloading exactly when the CPU is the bottleneck.
-    async with limit:
+    # Admission bounds both the requests in flight and the bodies waiting for the CPU, so
+    # downloading slows exactly when the CPU is the bottleneck (see admission.py).
+    await limit.start_download()
+    body = None
+    try:
         if _is_local(source):
             fetched = await asyncio.to_thread(_read_local, source, config.fetch.max_bytes)
         else:
@@ -113,12 +121,18 @@ async def _one(
 
             fetched = await fetch_url(session, source, config.fetch)  # type: ignore[arg-type]
         body = fetched.body
-        fetched = _without_body(fetched)
+    finally:
+        limit.download_done(has_body=body is not None)
+    fetched = _without_body(fetched)
+    try:
         if fetched.error_class is not None or body is None:
             return _Outcome(fetched, None, fetched.error_class, fetched.error_message)
         work = functools.partial(_process, body, config.process, store)
         image, error_class, message = await asyncio.get_running_loop().run_in_executor(pool, work)
         return _Outcome(fetched, image, error_class, message)
+    finally:
+        if body is not None:
+            limit.processed()
 
 
 def _without_body(fetched: FetchResult) -> FetchResult:
