@@ -79,7 +79,7 @@ def main() -> None:
 @click.option("--shard-size", type=int, default=500, show_default=True, help="Rows per shard (the unit of resume).")
 @click.option("--concurrency", type=int, default=_F.concurrency, show_default=True, help="Requests in flight per process.")
 @click.option("--per-host", type=int, default=_F.per_host, show_default=True, help="Connections per host per process.")
-@click.option("--cpu-threads", type=int, default=RunConfig.__dataclass_fields__["cpu_threads"].default, show_default=True, help="Image threads per process.")
+@click.option("--cpu-threads", type=int, default=1, show_default=True, help="Image threads per process.")
 @click.option("--timeout", type=float, default=_F.timeout, show_default=True, help="Deadline of one request attempt, seconds.")
 @click.option("--connect-timeout", type=float, default=_F.connect_timeout, show_default=True, help="Seconds to connect.")
 @click.option("--read-timeout", type=float, default=_F.read_timeout, show_default=True, help="Longest silence while reading, seconds.")

@@ -10,7 +10,7 @@ need opposite things from one ``--concurrency``:
   (~260 KB each; 256 of them per worker pushed the tree past 300 MB, measured in bench/).
 
 So a download starts only while fewer than ``backlog_limit`` bodies wait for (or are in)
-the CPU stage, and the in-flight cap starts small and grows by one for each download that
+the CPU stage (the worker sets it to cover a round trip of decoding), and the in-flight cap starts small and grows by one for each download that
 completes while the cap was the binding limit (TCP's slow start: it doubles every round
 trip), up to ``--concurrency``. The cap a worker reached carries over to its next shard
 (``learned``), so only a worker's first shard ramps up.
