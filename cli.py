@@ -6,7 +6,8 @@ This is the only module that imports click. Library errors become a one-line
   0    done
   1    internal error (a bug: please report it with the traceback from --debug)
   2    usage error, unreadable manifest, or a refused resume
-  3    done, but the failure rate is above --max-failure-rate
+  3    done, but the failure rate is above --max-failure-rate (run), or partitions are
+       missing or unfinished (merge)
   130  interrupted (Ctrl-C); rerun the same command to resume
 """
 
@@ -26,7 +27,9 @@ from pipeline import __version__
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import PipelineError, UsageError
+from pipeline.executors import EXECUTORS, make_executor
 from pipeline.export import FORMATS, export
+from pipeline.merge import merge
 from pipeline.runner import Progress, RunSummary, run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -74,7 +77,7 @@ def main() -> None:
 
 @main.command("run")
 @click.argument("manifest", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder. [default: ./<manifest name>.pipeline]")
+@click.option("-o", "--out", help="Output folder, or an fsspec URL (s3://bucket/run1). [default: ./<manifest name>.pipeline]")
 @click.option("-p", "--procs", type=int, default=None, help="Worker processes. [default: one per core]")
 @click.option("--shard-size", type=int, default=500, show_default=True, help="Rows per shard (the unit of resume).")
 @click.option("--concurrency", type=int, default=_F.concurrency, show_default=True, help="Requests in flight per process.")
@@ -100,9 +103,17 @@ def main() -> None:
 @click.option("--retry-failed", is_flag=True, help="Fetch again only the rows that failed.")
 @click.option("--force", is_flag=True, help="Discard an OUT catalog of another manifest or options and start over.")
 @click.option("--max-failure-rate", type=float, default=1.0, show_default=True, help="Exit 3 when more rows than this fraction failed.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True, help="Where shards run: local processes, or Ray tasks (pip install 'pipeline[ray]').")
+@click.option("--ray-address", help="Ray cluster to join, e.g. auto or ray://head:10001. [default: start a local Ray]")
+@click.option("--num-workers", type=int, default=1, show_default=True, help="Static partitioning: the run is split in this many parts...")
+@click.option("--worker-index", type=int, default=0, show_default=True, help="...and this invocation runs part number (0-based): shards with id % N == index.")
+@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), help="SQLite catalog file (local). [default: OUT/catalog.sqlite; required when --out is a URL]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, only errors and the exit code.")
 @_handle_errors
-def run_command(manifest: Path, out: Path | None, quiet: bool, ignore_opt_out: bool, **options: Any) -> None:
+def run_command(
+    manifest: Path, out: str | None, quiet: bool, ignore_opt_out: bool, executor: str, ray_address: str | None,
+    **options: Any,
+) -> None:
     """Download and process every row of MANIFEST.
 
     MANIFEST is a .csv/.tsv (with a header; a 'url' column, optional 'key', other columns
@@ -112,8 +123,11 @@ def run_command(manifest: Path, out: Path | None, quiet: bool, ignore_opt_out: b
     if options["procs"] is None:
         del options["procs"]
     options["respect_opt_out"] = not ignore_opt_out
+    engine = None if executor == "local" and ray_address is None else make_executor(
+        executor, procs=options.get("procs"), ray_address=ray_address
+    )
     reporter = None if quiet else _ProgressReporter()
-    summary = run(manifest, out=out, on_progress=reporter, **options)
+    summary = run(manifest, out=out, on_progress=reporter, executor=engine, **options)
     if reporter is not None:
         reporter.finish()
     if not quiet:
@@ -156,6 +170,32 @@ def export_command(out: Path, fmt: str, output: Path | None) -> None:
     count = export(out, output, format=fmt)
     if output is not None:
         click.echo(f"{count:,} rows written to {output}", err=True)
+
+
+@main.command("merge")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Merged catalog file. [default: OUT/catalog.sqlite]")
+@_handle_errors
+def merge_command(out: Path, output: Path | None) -> None:
+    """Combine the partition catalogs in OUT (catalog-I-of-N.sqlite) into one catalog.
+
+    Safe to repeat, e.g. once more when a late partition has finished. Exits 3 when
+    partitions are missing or unfinished (the others are merged all the same).
+    """
+    r = merge(out, output=output)
+    click.echo(
+        f"Merged {len(r.merged)} of {r.num_workers} partitions into {r.catalog}: "
+        f"{r.rows:,} rows, shards {r.shards_done:,}/{r.shards_total or '?'}"
+    )
+    problems = [f"missing: {_indices(r.missing)}"] if r.missing else []
+    problems += [f"unfinished: {_indices(r.incomplete)}"] if r.incomplete else []
+    if problems:
+        click.echo(f"Error: partitions {'; '.join(problems)} (of {r.num_workers}); rerun them, then merge again", err=True)
+        sys.exit(EXIT_FAILURES)
+
+
+def _indices(indices: tuple[int, ...]) -> str:
+    return ", ".join(str(i) for i in indices)
 
 
 # --- output helpers --------------------------------------------------------------------------

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.config import FetchOptions, ProcessOptions, RunConfig
+from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
 from pipeline.errors import ResumeRefused, UsageError
 from pipeline.executors import LocalExecutor, ShardExecutor
 from pipeline.manifest import ManifestSpec, default_out, extra_columns, identity, open_manifest, read_rows
 from pipeline.models import Shard, ShardReport, Status
 from pipeline.shards import iter_shards, keep_rows, skip_done
-from pipeline.store import Store
+from pipeline.store import open_store
 
 
 @dataclass(slots=True)
@@ -56,7 +56,7 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    out: Path
+    out: Path | str
     catalog: Path
     rows: int  # rows in the catalog (this run and earlier ones)
     by_status: dict[str, int]
@@ -94,11 +94,11 @@ def run(
         key_column=options.get("key_column", "key"),
         local_root=options.get("local_root"),
     )
-    config = build_config(Path(out) if out is not None else default_out(spec), **options)
+    config = build_config(os.fspath(out) if out is not None else default_out(spec), **options)
     return run_config(spec, config, on_progress=on_progress, executor=executor)
 
 
-def build_config(out: Path, **options: Any) -> RunConfig:
+def build_config(out: Path | str, **options: Any) -> RunConfig:
     """Sort flat keyword options into RunConfig / FetchOptions / ProcessOptions."""
     groups: dict[type, dict[str, Any]] = {RunConfig: {}, FetchOptions: {}, ProcessOptions: {}}
     for name, value in options.items():
@@ -125,12 +125,17 @@ def run_config(
 ) -> RunSummary:
     if config.local_root is None and spec.local_root is not None:
         config = replace(config, local_root=spec.local_root)
-    config.out.mkdir(parents=True, exist_ok=True)
-    store = Store(config.out)
+    catalog_file = catalog_path(config)
+    if isinstance(config.out, Path):
+        config.out.mkdir(parents=True, exist_ok=True)
+    catalog_file.parent.mkdir(parents=True, exist_ok=True)
+    store = open_store(config.out, partition=config.partition)
     store.clear_temp()  # leftovers of a killed run: never visible as finished files
     progress = Progress()
-    with Catalog(config.out / CATALOG_NAME) as catalog:
+    with Catalog(catalog_file) as catalog:
         _check_fingerprint(catalog, spec, config)
+        if config.partition is not None:
+            catalog.set_meta("partition", {"num_workers": config.num_workers, "worker_index": config.worker_index})
         extras = extra_columns(spec)
         shards = _todo(catalog, spec, config, progress)
         executor = executor or LocalExecutor(config.procs)
@@ -143,6 +148,22 @@ def run_config(
         finally:
             store.clear_temp()
         return _summary(catalog, config, progress)
+
+
+def catalog_path(config: RunConfig) -> Path:
+    """Where the driver keeps the catalog: always a local file, never on an object store.
+
+    ``--catalog`` if given; else beside OUT: ``OUT/catalog.sqlite``, or
+    ``OUT/catalog-<i>-of-<n>.sqlite`` for a static partition (``pipeline merge`` combines them).
+    """
+    if config.catalog is not None:
+        return config.catalog
+    if is_url(config.out):
+        raise UsageError(f"--out {config.out} is not a local folder: give --catalog PATH for the SQLite catalog")
+    assert isinstance(config.out, Path)
+    if config.partition is not None:
+        return config.out / f"catalog-{config.partition}.sqlite"
+    return config.out / CATALOG_NAME
 
 
 def _fingerprint(spec: ManifestSpec, config: RunConfig) -> dict[str, Any]:
@@ -178,16 +199,23 @@ def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Pro
     """The shards this invocation must run, streamed; records the total once it is known."""
     done = catalog.done_shards()
     failed = catalog.failed_rows_by_shard() if config.retry_failed else {}
-    total = 0
+    total = mine = 0
     for shard in iter_shards(read_rows(spec), config.shard_size):
         total += 1
+        # Static partitioning: the same deterministic ids on every machine, so each takes
+        # its residue class and none overlaps (every partition still reads the manifest).
+        if shard.shard_id % config.num_workers != config.worker_index:
+            continue
+        mine += 1
         if shard.shard_id not in done:
             yield shard
         elif config.retry_failed and shard.shard_id in failed:
             yield from keep_rows([shard], failed.get)
         else:
             progress.shards_skipped += 1
-    catalog.set_meta("total_shards", total)
+    catalog.set_meta("total_shards", mine)
+    if config.partition is not None:
+        catalog.set_meta("manifest_shards", total)  # what the merged catalog will expect
 
 
 def _jsonl_extras(report: ShardReport, known: tuple[str, ...]) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from pipeline.errors import ErrorClass, ItemError, StorageError
 from pipeline.fetch import fetch_url, make_session
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
 from pipeline.process import process_image
-from pipeline.store import Store
+from pipeline.store import Store, open_store
 
 _cpu_pools: dict[int, ThreadPoolExecutor] = {}  # one per process, reused by every shard it runs
 
@@ -43,7 +43,7 @@ def run_shard(shard: Shard, config: RunConfig) -> ShardReport:
     Raises ``StorageError`` when OUT cannot be written: every later item would fail too.
     """
     started = time.perf_counter()
-    store = Store(config.out)
+    store = open_store(config.out, partition=config.partition)
     pool = _cpu_pool(config.cpu_threads)
     report = asyncio.run(_run(shard, config, store, pool))
     report.elapsed_s = time.perf_counter() - started
