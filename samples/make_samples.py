@@ -14,7 +14,6 @@ import argparse
 import csv
 import hashlib
 import io
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -33,11 +32,19 @@ ONLINE_URLS: tuple[tuple[str, str], ...] = (
     ("cat03", f"{_COMMONS}/thumb/3/3a/Cat03.jpg/500px-Cat03.jpg"),
     (
         "mona_lisa",
-        f"{_COMMONS}/thumb/e/ec/Mona_Lisa%2C_by_Leonardo_da_Vinci%2C_from_C2RMF_retouched.jpg/"
-        "500px-Mona_Lisa%2C_by_Leonardo_da_Vinci%2C_from_C2RMF_retouched.jpg",
+        (
+            f"{_COMMONS}/thumb/e/ec/Mona_Lisa%2C_by_Leonardo_da_Vinci%2C_from_C2RMF_retouched.jpg/"
+            "500px-Mona_Lisa%2C_by_Leonardo_da_Vinci%2C_from_C2RMF_retouched.jpg"
+        ),
     ),
-    ("blue_marble", f"{_COMMONS}/thumb/9/97/The_Earth_seen_from_Apollo_17.jpg/500px-The_Earth_seen_from_Apollo_17.jpg"),
-    ("eiffel_tower", f"{_COMMONS}/thumb/a/a8/Tour_Eiffel_Wikimedia_Commons.jpg/500px-Tour_Eiffel_Wikimedia_Commons.jpg"),
+    (
+        "blue_marble",
+        f"{_COMMONS}/thumb/9/97/The_Earth_seen_from_Apollo_17.jpg/500px-The_Earth_seen_from_Apollo_17.jpg",
+    ),
+    (
+        "eiffel_tower",
+        f"{_COMMONS}/thumb/a/a8/Tour_Eiffel_Wikimedia_Commons.jpg/500px-Tour_Eiffel_Wikimedia_Commons.jpg",
+    ),
     ("example_jpg", f"{_COMMONS}/a/a9/Example.jpg"),
     ("png_transparency", f"{_COMMONS}/4/47/PNG_transparency_demonstration_1.png"),
     ("rotating_earth_gif", f"{_COMMONS}/2/2c/Rotating_earth_%28large%29.gif"),
@@ -139,6 +146,11 @@ def bilevel_png() -> bytes:
     return encode(im, "PNG")
 
 
+def truncated_jpeg() -> bytes:
+    whole = jpeg(photo(480, 360, 70))
+    return whole[: len(whole) * 6 // 10]
+
+
 def not_an_image() -> bytes:
     # What a web server sends instead of an image: a soft 404 page behind a .jpg URL.
     return (
@@ -152,8 +164,22 @@ def not_an_image() -> bytes:
 # (relative path, caption, maker); order is the manifest's order.
 Maker = Callable[[], bytes]
 _PHOTO_SIZES = [
-    (640, 480), (800, 600), (480, 640), (720, 405), (512, 512), (600, 400), (400, 600), (800, 450),
-    (320, 240), (560, 420), (640, 640), (780, 520), (360, 480), (700, 350), (450, 600), (500, 375),
+    (640, 480),
+    (800, 600),
+    (480, 640),
+    (720, 405),
+    (512, 512),
+    (600, 400),
+    (400, 600),
+    (800, 450),
+    (320, 240),
+    (560, 420),
+    (640, 640),
+    (780, 520),
+    (360, 480),
+    (700, 350),
+    (450, 600),
+    (500, 375),
 ]
 
 
@@ -168,8 +194,16 @@ def _photos() -> list[tuple[str, str, Maker]]:
 SAMPLES: list[tuple[str, str, Maker]] = [
     *_photos(),
     ("images/photo_001_copy.jpg", "byte-identical copy of photo_001", lambda: jpeg(photo(640, 480, 1))),
-    ("images/photo_002_small.jpg", "near-duplicate: photo_002 resized to 60%", lambda: jpeg(photo(800, 600, 2).resize((480, 360), Image.Resampling.LANCZOS))),
-    ("images/photo_002_q40.jpg", "near-duplicate: photo_002 at quality 40", lambda: jpeg(photo(800, 600, 2), 40)),
+    (
+        "images/photo_002_small.jpg",
+        "near-duplicate: photo_002 resized to 60%",
+        lambda: jpeg(photo(800, 600, 2).resize((480, 360), Image.Resampling.LANCZOS)),
+    ),
+    (
+        "images/photo_002_q40.jpg",
+        "near-duplicate: photo_002 at quality 40",
+        lambda: jpeg(photo(800, 600, 2), 40),
+    ),
     ("images/rgba.png", "RGBA PNG with transparent and half-transparent areas", rgba_png),
     ("images/exif_rotated.jpg", "EXIF orientation 6: the arrow points up when honoured", rotated_exif_jpeg),
     ("images/animated.gif", "animated GIF, 3 frames", animated_gif),
@@ -177,18 +211,29 @@ SAMPLES: list[tuple[str, str, Maker]] = [
     ("images/palette_transparent.png", "palette PNG, background transparent", palette_transparent_png),
     ("images/gray16.png", "16-bit grayscale PNG", gray16_png),
     ("images/bilevel.png", "1-bit PNG", bilevel_png),
-    ("images/webp_photo.webp", "lossy WebP", lambda: encode(photo(480, 320, 50), "WEBP", quality=75, method=4)),
+    (
+        "images/webp_photo.webp",
+        "lossy WebP",
+        lambda: encode(photo(480, 320, 50), "WEBP", quality=75, method=4),
+    ),
     ("images/gray.jpg", "grayscale JPEG", lambda: jpeg(photo(480, 360, 60).convert("L"))),
-    ("images/truncated.jpg", "JPEG cut at 60% of its bytes", lambda: (lambda b: b[: len(b) * 6 // 10])(jpeg(photo(480, 360, 70)))),
+    ("images/truncated.jpg", "JPEG cut at 60% of its bytes", lambda: truncated_jpeg()),
     ("images/not_an_image.jpg", "an HTML 404 page behind a .jpg name", not_an_image),
     ("images/more/harbour.jpg", "in a subfolder", lambda: jpeg(photo(640, 360, 80))),
     ("images/more/tower.jpg", "in a subfolder, portrait", lambda: jpeg(photo(360, 640, 81))),
-    ("images/more/small.png", "in a subfolder, small PNG", lambda: encode(photo(160, 120, 82), "PNG", optimize=True)),
+    (
+        "images/more/small.png",
+        "in a subfolder, small PNG",
+        lambda: encode(photo(160, 120, 82), "PNG", optimize=True),
+    ),
 ]
 
 
 def manifest_rows() -> list[tuple[str, str, str]]:
-    rows = [(Path(rel).stem if not rel.startswith("images/more/") else "more_" + Path(rel).stem, rel, caption) for rel, caption, _ in SAMPLES]
+    rows = [
+        (Path(rel).stem if not rel.startswith("images/more/") else "more_" + Path(rel).stem, rel, caption)
+        for rel, caption, _ in SAMPLES
+    ]
     rows.insert(3, ("photo_001_again", "images/photo_001.jpg", "same URL as photo_001: fetched once"))
     rows.append(("empty_url", "", "row with no url: invalid"))
     rows.append(("ftp_url", "ftp://example.com/x.jpg", "unsupported scheme: invalid"))
@@ -231,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = _digests(Path(tmp), build(Path(tmp)))
-    stored = {rel: hashlib.sha256((HERE / rel).read_bytes()).hexdigest() for rel in fresh if (HERE / rel).exists()}
+    stored = {
+        rel: hashlib.sha256((HERE / rel).read_bytes()).hexdigest() for rel in fresh if (HERE / rel).exists()
+    }
     differ = sorted(rel for rel in fresh if stored.get(rel) != fresh[rel])
     for rel in differ:
         print(f"differs: {rel}", file=sys.stderr)
