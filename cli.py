@@ -24,7 +24,7 @@ import click
 
 from pipeline import __version__
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions, RunConfig
+from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions
 from pipeline.errors import PipelineError, UsageError
 from pipeline.export import FORMATS, export
 from pipeline.runner import Progress, RunSummary, run
@@ -188,7 +188,7 @@ class _ProgressReporter:
 
 
 def _bar(fraction: float, width: int = 24) -> str:
-    filled = int(round(fraction * width))
+    filled = round(fraction * width)
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "run", "export"]
+__all__ = ["__version__", "export", "run"]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,10 +22,16 @@ from pipeline.config import FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import PipelineError, ResumeRefused, UsageError
 from pipeline.executors import LocalExecutor, ShardExecutor
 from pipeline.manifest import (
-    ManifestSpec, count_rows, default_out, extra_columns, identity, open_manifest, read_rows,
+    ManifestSpec,
+    count_rows,
+    default_out,
+    extra_columns,
+    identity,
+    open_manifest,
+    read_rows,
 )  # fmt: skip
 from pipeline.models import Shard, ShardReport, Status
-from pipeline.shards import iter_shards, keep_rows, skip_done
+from pipeline.shards import iter_shards, keep_rows
 from pipeline.store import Store
 
 
