@@ -152,3 +152,14 @@ def test_executor_ray_without_ray_is_a_usage_error(tmp_path: Path) -> None:
     assert b"Error: --executor ray needs Ray, which is not installed" in result.stderr
     assert b"pip install 'pipeline[ray]'" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_partitions_sharing_out_never_clear_each_others_temp_files(tmp_path: Path) -> None:
+    from pipeline.store import open_store
+
+    first, second = open_store(tmp_path, partition="0-of-2"), open_store(tmp_path, partition="1-of-2")
+    with first.atomic_path(first.original_relpath("ab" + "0" * 62, "jpg")) as in_flight:
+        second.clear_temp()  # partition 1 (re)starts while partition 0 is writing
+        assert in_flight.exists()
+        in_flight.write_bytes(b"jpeg")
+    assert (tmp_path / "originals" / "ab" / ("ab" + "0" * 62 + ".jpg")).read_bytes() == b"jpeg"
