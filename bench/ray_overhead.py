@@ -28,14 +28,13 @@ import statistics
 import struct
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.executors import LocalExecutor  # noqa: E402
-from pipeline.runner import run  # noqa: E402
+from pipeline.executors import LocalExecutor
+from pipeline.runner import run
 
 
 def _pool(count: int, width: int, height: int) -> list[bytes]:
@@ -47,7 +46,9 @@ def _pool(count: int, width: int, height: int) -> list[bytes]:
         draw = ImageDraw.Draw(im)
         for k in range(8):
             x, y = (seed * 97 + k * 61) % width, (seed * 53 + k * 89) % height
-            draw.ellipse((x, y, x + width // 4, y + height // 4), fill=((seed * 40) % 256, k * 30, 200 - k * 20))
+            draw.ellipse(
+                (x, y, x + width // 4, y + height // 4), fill=((seed * 40) % 256, k * 30, 200 - k * 20)
+            )
         buffer = io.BytesIO()
         im.save(buffer, "JPEG", quality=85)
         images.append(buffer.getvalue())
@@ -60,7 +61,7 @@ def _serve(port_out: multiprocessing.connection.Connection, pool_size: int) -> N
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             n = int(self.path.rsplit("/", 1)[-1].split(".")[0])
             text = f"bench image {n}".encode()
             body = b"\xff\xd8\xff\xfe" + struct.pack(">H", len(text) + 2) + text + pool[n % len(pool)][2:]
@@ -82,7 +83,9 @@ def _serve(port_out: multiprocessing.connection.Connection, pool_size: int) -> N
 def _timed(manifest: Path, out: Path, executor: object, args: argparse.Namespace) -> tuple[float, int]:
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    summary = run(manifest, out=out, executor=executor, procs=args.procs, shard_size=args.shard_size, sizes=(256,))
+    summary = run(
+        manifest, out=out, executor=executor, procs=args.procs, shard_size=args.shard_size, sizes=(256,)
+    )
     elapsed = time.perf_counter() - started
     return elapsed, summary.by_status.get("ok", 0)
 
@@ -124,7 +127,10 @@ def main() -> None:
                 if ok != args.rows:
                     sys.exit(f"{name}: only {ok} of {args.rows} rows ok; the comparison would be meaningless")
                 times[name].append(elapsed)
-                print(f"  repeat {repeat + 1} {name:<11} {elapsed:7.2f} s  {args.rows / elapsed:7.0f} rows/s", flush=True)
+                print(
+                    f"  repeat {repeat + 1} {name:<11} {elapsed:7.2f} s  {args.rows / elapsed:7.0f} rows/s",
+                    flush=True,
+                )
         started = time.perf_counter()
         ray.shutdown()
         ray_stop = time.perf_counter() - started

@@ -55,8 +55,10 @@ def find_partitions(folder: Path) -> tuple[int, dict[int, Path]]:
         raise UsageError(f"no partition catalogs (catalog-<i>-of-<n>.sqlite) in {folder}")
     if len(found) > 1:
         counts = ", ".join(str(n) for n in sorted(found))
-        raise UsageError(f"{folder} holds partitions of runs with different --num-workers ({counts}); keep one")
-    (n, parts), = found.items()
+        raise UsageError(
+            f"{folder} holds partitions of runs with different --num-workers ({counts}); keep one"
+        )
+    ((n, parts),) = found.items()
     return n, parts
 
 

@@ -37,7 +37,9 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise UsageError(f"--executor ray needs Ray, which is not installed ({exc}): pip install 'pipeline[ray]'") from None
+        raise UsageError(
+            f"--executor ray needs Ray, which is not installed ({exc}): pip install 'pipeline[ray]'"
+        ) from None
     return ray
 
 

@@ -49,7 +49,7 @@ class FsspecStore(Store):
     """Content-addressed objects under the fsspec URL ``url``. Cheap to construct:
     fsspec caches one filesystem instance per protocol and options in each process."""
 
-    __slots__ = ("url", "_fs", "_base")
+    __slots__ = ("_base", "_fs", "url")
 
     def __init__(self, url: str, *, fsync: bool = False) -> None:
         self.url = url.rstrip("/")

@@ -7,9 +7,8 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
-from pytest_httpserver import HTTPServer
-
 from conftest import encode, jpeg, photo
+from pytest_httpserver import HTTPServer
 
 # Timing and bookkeeping columns differ between any two runs; everything else must not.
 _VOLATILE = {"updated_at", "fetch_ms", "process_ms"}

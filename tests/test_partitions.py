@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cluster_helpers import catalog_rows, serve_manifest, shard_counts, stored_files
 from pytest_httpserver import HTTPServer
 
 from cli import main
-from cluster_helpers import catalog_rows, serve_manifest, shard_counts, stored_files
 from pipeline.errors import UsageError
 from pipeline.merge import find_partitions
 
@@ -34,7 +34,7 @@ def _start_partition(manifest: Path, out: Path, index: int, n: int = 3) -> subpr
 
 
 def _finish(process: subprocess.Popen[bytes]) -> None:
-    out, err = process.communicate(timeout=90)
+    _, err = process.communicate(timeout=90)
     assert process.returncode == 0, err.decode()
 
 
@@ -48,7 +48,10 @@ def test_partitions_run_apart_then_merged_equal_a_single_run(server: HTTPServer,
     # Two of three partitions, concurrently, into the same OUT.
     for process in [_start_partition(manifest, shared, i) for i in (0, 2)]:
         _finish(process)
-    assert sorted(p.name for p in shared.glob("*.sqlite")) == ["catalog-0-of-3.sqlite", "catalog-2-of-3.sqlite"]
+    assert sorted(p.name for p in shared.glob("*.sqlite")) == [
+        "catalog-0-of-3.sqlite",
+        "catalog-2-of-3.sqlite",
+    ]
     result = runner.invoke(main, ["merge", str(shared)])
     assert result.exit_code == 3
     assert "Error: partitions missing: 1 (of 3)" in result.output
@@ -147,7 +150,9 @@ def test_executor_ray_without_ray_is_a_usage_error(tmp_path: Path) -> None:
     # sys.modules["ray"] = None makes `import ray` raise ImportError, as if not installed.
     code = "import sys; sys.modules['ray'] = None; from cli import main; main()"
     args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--executor", "ray", "-q"]
-    result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, timeout=60, check=False
+    )
     assert result.returncode == 2
     assert b"Error: --executor ray needs Ray, which is not installed" in result.stderr
     assert b"pip install 'pipeline[ray]'" in result.stderr

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cluster_helpers import catalog_rows, serve_manifest, shard_counts, stored_files
+from conftest import jpeg
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from cli import main
-from cluster_helpers import catalog_rows, serve_manifest, shard_counts, stored_files
-from conftest import jpeg
 from pipeline.runner import RunSummary, run
 
 ray = pytest.importorskip("ray")
@@ -40,13 +40,17 @@ def local_ray() -> Iterator[None]:
         ray.shutdown()
 
 
-def test_ray_run_gives_the_same_rows_and_files_as_the_local_executor(server: HTTPServer, tmp_path: Path) -> None:
+def test_ray_run_gives_the_same_rows_and_files_as_the_local_executor(
+    server: HTTPServer, tmp_path: Path
+) -> None:
     manifest = serve_manifest(server, tmp_path)
     common = ["--shard-size", "2", "--procs", "2", "-q"]
     runner = CliRunner()
     result = runner.invoke(main, ["run", str(manifest), "--out", str(tmp_path / "local"), *common])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["run", str(manifest), "--out", str(tmp_path / "ray"), "--executor", "ray", *common])
+    result = runner.invoke(
+        main, ["run", str(manifest), "--out", str(tmp_path / "ray"), "--executor", "ray", *common]
+    )
     assert result.exit_code == 0, result.output
 
     local, remote = tmp_path / "local", tmp_path / "ray"
@@ -78,7 +82,9 @@ def _running_shard_pids() -> list[int]:
     return pids
 
 
-def _run_killing_workers(server: HTTPServer, tmp_path: Path, *, kills: int, max_attempts: int) -> tuple[RunSummary, list[int], int]:
+def _run_killing_workers(
+    server: HTTPServer, tmp_path: Path, *, kills: int, max_attempts: int
+) -> tuple[RunSummary, list[int], int]:
     """One shard whose first ``kills`` attempts hang on /hang and get their worker SIGKILLed."""
     from pipeline.ray_executor import RayExecutor
 
@@ -126,7 +132,9 @@ def test_a_task_whose_worker_is_killed_is_retried(server: HTTPServer, tmp_path: 
     assert pid != killed[0]
 
 
-def test_a_shard_that_keeps_losing_its_worker_is_recorded_not_dropped(server: HTTPServer, tmp_path: Path) -> None:
+def test_a_shard_that_keeps_losing_its_worker_is_recorded_not_dropped(
+    server: HTTPServer, tmp_path: Path
+) -> None:
     summary, killed, calls = _run_killing_workers(server, tmp_path, kills=2, max_attempts=2)
     assert calls == 2 and len(set(killed)) == 2
     assert summary.rows == 3 and summary.by_error == {"internal": 3} and summary.complete

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from cluster_helpers import catalog_rows, serve_manifest, stored_files
 from pytest_httpserver import HTTPServer
 
 from cli import main
-from cluster_helpers import catalog_rows, serve_manifest, stored_files
 from pipeline.store import open_store
 
 fsspec = pytest.importorskip("fsspec")
@@ -33,7 +34,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """An s3fs filesystem on the test server; worker processes inherit the same env."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -42,7 +43,14 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-un
         "AWS_ENDPOINT_URL": s3_endpoint,
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir("bucket")
@@ -51,7 +59,7 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-un
 
 
 def test_run_to_s3_writes_the_same_objects_and_rows_as_a_local_run(
-    s3, server: HTTPServer, tmp_path: Path  # type: ignore[no-untyped-def]
+    s3: Any, server: HTTPServer, tmp_path: Path
 ) -> None:
     manifest = serve_manifest(server, tmp_path, images=5)
     common = ["--procs", "1", "--shard-size", "3", "-q"]
@@ -78,7 +86,7 @@ def test_run_to_s3_writes_the_same_objects_and_rows_as_a_local_run(
     assert len(server.log) == hits
 
 
-def test_missing_bucket_stops_the_run(s3, server: HTTPServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_bucket_stops_the_run(s3: Any, server: HTTPServer, tmp_path: Path) -> None:
     manifest = serve_manifest(server, tmp_path, images=2)
     args = ["run", str(manifest), "--out", "s3://no-such-bucket/run", "--catalog", str(tmp_path / "c.sqlite")]
     result = CliRunner().invoke(main, [*args, "--procs", "1", "-q"])
@@ -112,4 +120,3 @@ def test_memory_store_failed_write_leaves_nothing() -> None:
     for bad in ("../x", "/etc/passwd", ".tmp/x", ""):
         with pytest.raises(ValueError):
             store.exists(bad)
-
