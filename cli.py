@@ -29,6 +29,8 @@ from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, Pro
 from pipeline.errors import PipelineError, UsageError
 from pipeline.executors import EXECUTORS, make_executor
 from pipeline.export import FORMATS, export
+from pipeline.hostsort import group_by_host
+from pipeline.manifest import open_manifest
 from pipeline.merge import merge
 from pipeline.runner import Progress, RunSummary, run
 
@@ -196,6 +198,25 @@ def merge_command(out: Path, output: Path | None) -> None:
 
 def _indices(indices: tuple[int, ...]) -> str:
     return ", ".join(str(i) for i in indices)
+
+
+@main.command("group-by-host")
+@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL manifest to write.")
+@click.option("--chunk-rows", type=int, default=500_000, show_default=True, help="Rows sorted in memory at a time.")
+@click.option("--url-column", default="url", show_default=True, help="Manifest column holding the URL.")
+@click.option("--key-column", default="key", show_default=True, help="Manifest column holding a row key (optional).")
+@_handle_errors
+def group_by_host_command(manifest: Path, output: Path, chunk_rows: int, url_column: str, key_column: str) -> None:
+    """Rewrite MANIFEST with each host's rows together, before a run on many machines.
+
+    Then a host's URLs fill few shards, so few processes connect to it at once:
+    per host, at most --per-host x the shards holding its URLs that run at the same time.
+    Streams (an external sort): memory stays at --chunk-rows rows.
+    """
+    spec = open_manifest(manifest, url_column=url_column, key_column=key_column)
+    rows, hosts = group_by_host(spec, output, chunk_rows=chunk_rows)
+    click.echo(f"{rows:,} rows of {hosts:,} hosts written to {output}", err=True)
 
 
 # --- output helpers --------------------------------------------------------------------------
