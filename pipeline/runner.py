@@ -177,6 +177,10 @@ def catalog_path(config: RunConfig) -> Path:
     ``--catalog`` if given; else beside OUT: ``OUT/catalog.sqlite``, or
     ``OUT/catalog-<i>-of-<n>.sqlite`` for a static partition (``pipeline merge`` combines them).
     """
+    if str(config.out).startswith("memory://"):
+        # fsspec's memory filesystem lives inside one process: worker processes would write
+        # into their own memory and the files would vanish while the catalog lists them.
+        raise UsageError("--out memory://… is private to each process; use a folder or s3://, gs://")
     if config.catalog is not None:
         return config.catalog
     if is_url(config.out):

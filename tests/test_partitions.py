@@ -132,6 +132,7 @@ def test_find_partitions_needs_one_consistent_set(tmp_path: Path) -> None:
         (["--num-workers", "0"], "--num-workers must be at least 1"),
         (["--ray-address", "auto"], "--ray-address needs --executor ray"),
         (["--out", "s3://bucket/run"], "--out s3://bucket/run is not a local folder: give --catalog PATH"),
+        (["--out", "memory://run", "--catalog", "c.sqlite"], "--out memory://… is private to each process"),
     ],
 )
 def test_cluster_options_are_checked(tmp_path: Path, args: list[str], message: str) -> None:
