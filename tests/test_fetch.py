@@ -33,7 +33,7 @@ from pipeline.models import FetchResult
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = FetchOptions(retries=2, backoff_base=0.01, backoff_max=0.05, timeout=5.0)
+FAST = FetchOptions(retries=2, backoff_base=0.01, backoff_max=0.05, timeout=5.0, allow_private=True)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
 
 
