@@ -120,17 +120,20 @@ def _trace_config() -> aiohttp.TraceConfig:
 
     async def redirect(_session: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestRedirectParams) -> None:
         ref = getattr(ctx, "trace_request_ctx", None)
-        if not isinstance(ref, _DeadlineRef) or not ref.insecure_hosts:
+        if not isinstance(ref, _DeadlineRef):
             return
-        # aiohttp reuses the first request's ssl=False for every hop; verification may only
-        # be skipped for the hosts the user named.
-        location = params.response.headers.get("Location", "")
         try:
-            target = params.url.join(URL(location)).host or ""
+            target = params.url.join(URL(params.response.headers.get("Location", "")))
         except ValueError:
             return  # aiohttp itself rejects the malformed Location next
-        if target.lower() not in ref.insecure_hosts:
-            raise _RedirectRefused(f"redirect from an --insecure-host to {target}, which is verified")
+        # Recorded now, so that a hop that then fails (blocked, refused) says where it went.
+        ref.progress.http_status = params.response.status
+        ref.progress.redirects += 1
+        ref.progress.final_url = str(target)
+        # aiohttp reuses the first request's ssl=False for every hop; verification may only
+        # be skipped for the hosts the user named.
+        if ref.insecure_hosts and (target.host or "").lower() not in ref.insecure_hosts:
+            raise _RedirectRefused(f"redirect from an --insecure-host to {target.host}, which is verified")
 
     trace = aiohttp.TraceConfig()
     trace.on_connection_queued_start.append(queued_start)
@@ -145,6 +148,7 @@ class _DeadlineRef:
 
     deadline: asyncio.Timeout
     timeout: float
+    progress: _Progress
     insecure_hosts: tuple[str, ...] = ()  # set only when this request skips TLS verification
 
 
@@ -362,7 +366,9 @@ async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptio
                 url,
                 max_redirects=options.max_redirects + 1,
                 ssl=not insecure,
-                trace_request_ctx=_DeadlineRef(deadline, options.timeout, options.insecure_hosts if insecure else ()),
+                trace_request_ctx=_DeadlineRef(
+                    deadline, options.timeout, progress, options.insecure_hosts if insecure else ()
+                ),
             ) as resp,
         ):
             return await _read_response(resp, options, progress)
