@@ -12,11 +12,17 @@ This is the only module that imports click. Library errors become a one-line
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,53 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+class _EchoWarnings(logging.Handler):
+    """Library warnings (logger ``pipeline``) as ``Warning: …`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {record.getMessage()}", err=True)
+
+
+_WARNINGS = _EchoWarnings(logging.WARNING)
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("pipeline")
+    if _WARNINGS not in logger.handlers:
+        logger.addHandler(_WARNINGS)
+        logger.propagate = False
+
+
+@contextlib.contextmanager
+def _second_interrupt_exits() -> Iterator[None]:
+    """First Ctrl-C: unwind cleanly (workers stopped, temp files removed, catalog closed,
+    exit 130). A second one while that happens: kill the workers and exit at once; the
+    catalog stays consistent (SQLite rolls back an open transaction) and the next run
+    clears any temp file."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def immediately(signum: int, frame: object) -> None:
+        for child in multiprocessing.active_children():
+            child.kill()
+        os._exit(EXIT_INTERRUPTED)
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, immediately)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise  # `immediately` stays installed until the process exits
+    except BaseException:
+        signal.signal(signal.SIGINT, previous)
+        raise
+    signal.signal(signal.SIGINT, previous)
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -115,8 +168,10 @@ def run_command(manifest: Path, out: Path | None, quiet: bool, ignore_opt_out: b
     if options["procs"] is None:
         del options["procs"]
     options["respect_opt_out"] = not ignore_opt_out
+    _show_library_warnings()
     reporter = None if quiet else _ProgressReporter()
-    summary = run(manifest, out=out, on_progress=reporter, **options)
+    with _second_interrupt_exits():
+        summary = run(manifest, out=out, on_progress=reporter, **options)
     if reporter is not None:
         reporter.finish()
     if not quiet:

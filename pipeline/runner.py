@@ -18,8 +18,9 @@ from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
-from pipeline.errors import ResumeRefused, UsageError
+from pipeline.errors import ResumeRefused, StorageError, UsageError
 from pipeline.executors import LocalExecutor, ShardExecutor
+from pipeline.limits import fit_open_files
 from pipeline.manifest import ManifestSpec, default_out, extra_columns, identity, open_manifest, read_rows
 from pipeline.models import Shard, ShardReport, Status
 from pipeline.shards import iter_shards, keep_rows, skip_done
@@ -125,7 +126,8 @@ def run_config(
 ) -> RunSummary:
     if config.local_root is None and spec.local_root is not None:
         config = replace(config, local_root=spec.local_root)
-    config.out.mkdir(parents=True, exist_ok=True)
+    config = fit_open_files(config)
+    _make_out(config.out)
     store = Store(config.out)
     store.clear_temp()  # leftovers of a killed run: never visible as finished files
     progress = Progress()
@@ -143,6 +145,13 @@ def run_config(
         finally:
             store.clear_temp()
         return _summary(catalog, config, progress)
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
 
 
 def _fingerprint(spec: ManifestSpec, config: RunConfig) -> dict[str, Any]:
