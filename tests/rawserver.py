@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -56,7 +57,7 @@ class RawServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
-    def __enter__(self) -> RawServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         server = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self._connection, "127.0.0.1", 0, backlog=256), self._loop

@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import shutil
+import socket
 import sqlite3
 import ssl
 import struct
@@ -25,15 +26,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import encode, jpeg, photo
+from rawserver import RawServer, Request, reset, response
 
 from cli import main
-from conftest import encode, jpeg, photo
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
 from pipeline.fetch import fetch_url, make_session
 from pipeline.models import FetchResult
 from pipeline.netguard import blocked_reason
-from rawserver import RawServer, Request, reset, response
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -296,7 +297,7 @@ def test_per_host_cap_is_what_the_server_sees(tmp_path: Path) -> None:
 def _png_header_only(width: int, height: int) -> bytes:
     """A valid small PNG that claims huge dimensions: the decoder must never allocate them."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
@@ -396,6 +397,10 @@ def test_one_run_survives_every_network_fault(tmp_path: Path) -> None:
         manifest = tmp_path / "m.csv"
         rows = [(path, srv.url(path)) for path in expected]
         rows += [("ssrf-name", srv.url("/ok", host="localhost")), ("ssrf-metadata", "http://169.254.169.254/latest/")]
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            refused = f"http://127.0.0.1:{sock.getsockname()[1]}/x.jpg"
+        rows += [("refused", refused), ("unresolvable", "http://nonexistent.invalid/x.jpg")]
         manifest.write_text("key,url\n" + "".join(f"{k},{u}\n" for k, u in rows))
         out = tmp_path / "out"
         result = CliRunner().invoke(main, [
@@ -414,6 +419,8 @@ def test_one_run_survives_every_network_fault(tmp_path: Path) -> None:
             path, row["error_message"],
         )  # fmt: skip
     assert got["ssrf-name"]["error_class"] == got["ssrf-metadata"]["error_class"] == "blocked"
+    assert (got["refused"]["error_class"], got["refused"]["attempts"]) == ("connect", 2)
+    assert (got["unresolvable"]["error_class"], got["unresolvable"]["attempts"]) == ("dns", 1)
     assert got["/hop1"]["redirects"] == 2 and got["/hop1"]["final_url"] == srv.url("/ok")
     assert got["/drip"]["error_message"] == "no complete response within 1.0 s"
     assert got["/big-length"]["error_message"].endswith("(Content-Length 1000000000)")

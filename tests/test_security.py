@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from cli import main
 from conftest import encode, jpeg, photo
 from rawserver import RawServer, Request, response
+
+from cli import main
 
 pytestmark = pytest.mark.timeout(90)
 
