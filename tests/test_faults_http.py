@@ -17,16 +17,14 @@ import random
 import shutil
 import socket
 import sqlite3
-import ssl
 import struct
-import subprocess
 import zlib
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import encode, jpeg, photo
+from conftest import encode, jpeg, photo, self_signed_tls
 from rawserver import RawServer, Request, reset, response
 
 from cli import main
@@ -178,21 +176,9 @@ def test_credentials_and_cookies_never_follow_a_redirect_to_another_host() -> No
     assert "authorization" not in final.headers and "cookie" not in final.headers
 
 
-def _self_signed(tmp_path: Path) -> ssl.SSLContext:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-         "-days", "1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_self_signed_tls_is_allowed_only_for_insecure_hosts(tmp_path: Path) -> None:
-    tls = _self_signed(tmp_path)
+    tls = self_signed_tls(tmp_path)
     with RawServer({"/x.jpg": send(response(200, JPEG))}) as plain:
 
         async def serve_tls() -> tuple[FetchResult, ...]:

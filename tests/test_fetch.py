@@ -17,12 +17,12 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
+from conftest import self_signed_tls
 from werkzeug import Request, Response
 from werkzeug.datastructures import Headers
 
@@ -518,14 +518,7 @@ def test_unresolvable_host_is_dns_without_retry():
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_untrusted_certificate_is_tls_without_retry(tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-         "-days", "1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
+    server_tls = self_signed_tls(tmp_path)
 
     async def main() -> FetchResult:
         async with raw_server(_short_body_server([]), tls=server_tls) as url:
