@@ -136,13 +136,18 @@ def run_config(
         extras = extra_columns(spec)
         shards = _todo(catalog, spec, config, progress)
         executor = executor or LocalExecutor(config.procs)
+        reports = executor.run(shards, config)
         try:
-            for report in executor.run(shards, config):
+            for report in reports:
                 catalog.write_shard(report, extra_columns=extras + _jsonl_extras(report, extras))
                 _count(progress, report)
                 if on_progress is not None:
                     on_progress(progress)
         finally:
+            # Stop the workers *before* clearing their temp files: a Ctrl-C that lands here
+            # (not inside the executor) would otherwise leave them writing until collected.
+            if hasattr(reports, "close"):
+                reports.close()
             store.clear_temp()
         return _summary(catalog, config, progress)
 
