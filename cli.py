@@ -30,7 +30,7 @@ import click
 
 from pipeline import __version__
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions, RunConfig
+from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions
 from pipeline.errors import PipelineError, UsageError
 from pipeline.export import FORMATS, export
 from pipeline.runner import Progress, RunSummary, run
@@ -236,11 +236,26 @@ class _ProgressReporter:
             f"{p.rows:,} rows  {p.rate():,.0f} rows/s  {p.bytes / 1e6 / max(p.elapsed, 1e-9):,.1f} MB/s  "
             f"ok {p.ok:,}  failed {p.failed:,}  shards {p.shards_done + p.shards_skipped:,}"
         )
+        if p.fraction is not None:
+            line = f"{_bar(p.fraction)} {p.fraction:4.0%}  {_eta(p)}  {line}"
         click.echo(f"\r{line}\x1b[K" if self.tty else line, err=True, nl=not self.tty)
 
     def finish(self) -> None:
         if self.tty and self.last:
             click.echo("", err=True)
+
+
+def _bar(fraction: float, width: int = 24) -> str:
+    filled = round(fraction * width)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _eta(p: Progress) -> str:
+    rate = p.rate()
+    if rate <= 0 or p.rows_total is None:
+        return "ETA ?"
+    left = max(0, p.rows_total - p.rows_before - p.rows) / rate
+    return f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
 def _print_summary(s: RunSummary) -> None:

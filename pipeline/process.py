@@ -211,7 +211,9 @@ def _decode(data: bytes, options: ProcessOptions) -> _Decoded:
 
     fmt = im.format or "?"
     if not _format_allowed(fmt, options.formats):
-        raise ItemError(ErrorClass.NOT_IMAGE, f"{fmt} image; format not allowed ({_allowed(options.formats)})")
+        raise ItemError(
+            ErrorClass.NOT_IMAGE, f"{fmt} image; format not allowed ({_allowed(options.formats)})"
+        )
     _check_pixels(im.size, options.max_pixels)
 
     try:
@@ -358,7 +360,9 @@ def _unidentified(data: bytes, formats: tuple[str, ...]) -> ItemError:
         return ItemError(ErrorClass.NOT_IMAGE, f"{description}; format not allowed ({_allowed(formats)})")
     # The magic says an allowed image format but no decoder accepts the header.
     if _looks_truncated(sniffed, data):
-        return ItemError(ErrorClass.TRUNCATED, f"{sniffed} file cut short before its header ends ({len(data)} bytes)")
+        return ItemError(
+            ErrorClass.TRUNCATED, f"{sniffed} file cut short before its header ends ({len(data)} bytes)"
+        )
     return ItemError(ErrorClass.DECODE_ERROR, f"{sniffed} file with an unreadable header")
 
 
@@ -472,7 +476,7 @@ def fit_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def _hash_step(sizes: tuple[int, ...]) -> int:
-    return HASH_SIZE if max(sizes) >= HASH_SIZE else max(sizes)
+    return min(HASH_SIZE, max(sizes))
 
 
 def _chain(sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -507,7 +511,9 @@ def _make_thumbnails(
     return tuple(thumbnails), hash_source
 
 
-def _resize(im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None) -> Image.Image:
+def _resize(
+    im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None
+) -> Image.Image:
     if im.size == size and box is None:
         return im
     # ``box``: a JPEG draft decodes to ceil(W / scale) pixels of which W / scale are

@@ -9,6 +9,7 @@ the CLI, a notebook or a script can show it however they like.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,12 +19,20 @@ from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
-from pipeline.errors import ResumeRefused, StorageError, UsageError
+from pipeline.errors import PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.executors import LocalExecutor, ShardExecutor
 from pipeline.limits import fit_open_files
-from pipeline.manifest import ManifestSpec, default_out, extra_columns, identity, open_manifest, read_rows
+from pipeline.manifest import (
+    ManifestSpec,
+    count_rows,
+    default_out,
+    extra_columns,
+    identity,
+    open_manifest,
+    read_rows,
+)  # fmt: skip
 from pipeline.models import Shard, ShardReport, Status
-from pipeline.shards import iter_shards, keep_rows, skip_done
+from pipeline.shards import iter_shards, keep_rows
 from pipeline.store import Store
 
 
@@ -32,6 +41,8 @@ class Progress:
     """Counts for this invocation, updated after every committed shard."""
 
     rows: int = 0
+    rows_before: int = 0  # committed by earlier runs of the same manifest
+    rows_total: int | None = None  # estimated in the background, for a progress bar
     by_status: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     shards_done: int = 0
@@ -49,6 +60,13 @@ class Progress:
     @property
     def failed(self) -> int:
         return self.rows - self.ok
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the manifest in the catalog, once the total is known."""
+        if not self.rows_total:
+            return None
+        return min(1.0, (self.rows_before + self.rows) / self.rows_total)
 
     def rate(self) -> float:
         """Rows per second over this invocation."""
@@ -133,6 +151,8 @@ def run_config(
     progress = Progress()
     with Catalog(config.out / CATALOG_NAME) as catalog:
         _check_fingerprint(catalog, spec, config)
+        progress.rows_before = catalog.summary().rows
+        _estimate_total_in_background(spec, progress)
         extras = extra_columns(spec)
         shards = _todo(catalog, spec, config, progress)
         executor = executor or LocalExecutor(config.procs)
@@ -157,6 +177,18 @@ def _make_out(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
+
+
+def _estimate_total_in_background(spec: ManifestSpec, progress: Progress) -> None:
+    """Count the manifest's rows on a thread: a bar is nice, but never worth a wait."""
+
+    def count() -> None:
+        try:
+            progress.rows_total = count_rows(spec)
+        except (OSError, PipelineError, EOFError, ValueError):
+            pass  # the bar stays without a total; the run itself reports real problems
+
+    threading.Thread(target=count, name="pipeline-count-rows", daemon=True).start()
 
 
 def _fingerprint(spec: ManifestSpec, config: RunConfig) -> dict[str, Any]:

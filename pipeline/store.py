@@ -73,7 +73,7 @@ class Store:
     Thread-safe and cheap to construct; it holds no open files. Create one per process.
     """
 
-    __slots__ = ("root", "fsync", "_tmp", "_made_dirs")
+    __slots__ = ("_made_dirs", "_tmp", "fsync", "root")
 
     def __init__(self, root: Path, *, fsync: bool = False) -> None:
         self.root = Path(root)

@@ -7,7 +7,14 @@ import pickle
 import pytest
 
 from pipeline.errors import (
-    CatalogError, ErrorClass, ItemError, ManifestError, PipelineError, ResumeRefused, StorageError, UsageError,
+    CatalogError,
+    ErrorClass,
+    ItemError,
+    ManifestError,
+    PipelineError,
+    ResumeRefused,
+    StorageError,
+    UsageError,
 )  # fmt: skip
 
 
