@@ -180,7 +180,7 @@ class _Guard:
     def admit(self, host: str, address: str) -> str | None:
         """The refusal message for connecting to ``address`` as ``host``, or None."""
         refusal = self.policy.refusal(host, address)
-        if refusal is None and self.policy.host_exempt(host):
+        if refusal is None and not self.policy.allow_private and self.policy.host_exempt(host):
             self.approved.add(address)
         return refusal
 
