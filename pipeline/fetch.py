@@ -118,7 +118,9 @@ def _trace_config() -> aiohttp.TraceConfig:
         if deadline is not None and not deadline.expired():
             deadline.reschedule(asyncio.get_running_loop().time() + ctx.trace_request_ctx.timeout)
 
-    async def redirect(_session: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestRedirectParams) -> None:
+    async def redirect(
+        _session: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestRedirectParams
+    ) -> None:
         ref = getattr(ctx, "trace_request_ctx", None)
         if not isinstance(ref, _DeadlineRef):
             return
@@ -132,7 +134,8 @@ def _trace_config() -> aiohttp.TraceConfig:
         ref.progress.final_url = str(target)
         # aiohttp reuses the first request's ssl=False for every hop; verification may only
         # be skipped for the hosts the user named.
-        if ref.insecure_hosts and (target.host or "").lower() not in ref.insecure_hosts:
+        host = (target.host or "").lower()
+        if ref.insecure_hosts and target.scheme == "https" and host not in ref.insecure_hosts:
             raise _RedirectRefused(f"redirect from an --insecure-host to {target.host}, which is verified")
 
     trace = aiohttp.TraceConfig()
@@ -200,7 +203,9 @@ class _GuardedResolver(aiohttp.abc.AbstractResolver):
         self._inner = aiohttp.ThreadedResolver()
         self._guard = guard
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:  # type: ignore[type-arg]
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
         answers = await self._inner.resolve(host, port, family)
         refusals = [self._guard.admit(host, answer["host"]) for answer in answers]
         kept = [answer for answer, refusal in zip(answers, refusals) if refusal is None]
