@@ -13,7 +13,6 @@ import hashlib
 import os
 import random
 import re
-import resource
 import signal
 import sqlite3
 import subprocess
@@ -374,6 +373,8 @@ def test_unwritable_out_fails_with_a_clear_message(tmp_path: Path) -> None:
 def test_low_open_file_limit_clamps_concurrency_instead_of_failing(tmp_path: Path) -> None:
     """ulimit -n 64 with --concurrency 400: without the clamp, ~150 simultaneous sockets
     fail with EMFILE; with it, every row is fetched and the user is told why it is slower."""
+
+    import resource  # POSIX only, like this whole file
 
     def limit_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
