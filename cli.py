@@ -13,11 +13,17 @@ This is the only module that imports click. Library errors become a one-line
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,53 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class _EchoWarnings(logging.Handler):
+    """Library warnings (logger ``pipeline``) as ``Warning: …`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {record.getMessage()}", err=True)
+
+
+_WARNINGS = _EchoWarnings(logging.WARNING)
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("pipeline")
+    if _WARNINGS not in logger.handlers:
+        logger.addHandler(_WARNINGS)
+        logger.propagate = False
+
+
+@contextlib.contextmanager
+def _second_interrupt_exits() -> Iterator[None]:
+    """First Ctrl-C: unwind cleanly (workers stopped, temp files removed, catalog closed,
+    exit 130). A second one while that happens: kill the workers and exit at once; the
+    catalog stays consistent (SQLite rolls back an open transaction) and the next run
+    clears any temp file."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def immediately(signum: int, frame: object) -> None:
+        for child in multiprocessing.active_children():
+            child.kill()
+        os._exit(EXIT_INTERRUPTED)
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, immediately)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise  # `immediately` stays installed until the process exits
+    except BaseException:
+        signal.signal(signal.SIGINT, previous)
+        raise
+    signal.signal(signal.SIGINT, previous)
+
+
 def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
@@ -94,6 +147,9 @@ def main() -> None:
 @click.option("--max-redirects", type=int, default=_F.max_redirects, show_default=True, help="Redirect hops allowed.")
 @click.option("--user-agent", default=DEFAULT_USER_AGENT, show_default=True, help="User-Agent header.")
 @click.option("--ignore-opt-out", is_flag=True, help="Fetch even when X-Robots-Tag says noai/noimageai.")
+@click.option("--allow-private", is_flag=True, help="Also connect to loopback, private, link-local and other non-public addresses.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST", help="Host (name or IP) exempt from the private-address guard; repeatable.")
+@click.option("--insecure-host", "insecure_hosts", multiple=True, metavar="HOST", help="Host whose TLS certificate is not verified; repeatable.")
 @click.option("--sizes", default="256", show_default=True, callback=_sizes, help="Thumbnail sizes (longest side), comma-separated.")
 @click.option("--thumb-format", type=click.Choice(THUMB_FORMATS), default=_P.thumb_format, show_default=True, help="Thumbnail encoding.")
 @click.option("--thumb-quality", type=int, default=_P.thumb_quality, show_default=True, help="JPEG/WebP quality of thumbnails.")
@@ -128,8 +184,10 @@ def run_command(
     engine = None if executor == "local" and ray_address is None else make_executor(
         executor, procs=options.get("procs"), ray_address=ray_address
     )
+    _show_library_warnings()
     reporter = None if quiet else _ProgressReporter()
-    summary = run(manifest, out=out, on_progress=reporter, executor=engine, **options)
+    with _second_interrupt_exits():
+        summary = run(manifest, out=out, on_progress=reporter, executor=engine, **options)
     if reporter is not None:
         reporter.finish()
     if not quiet:

@@ -45,8 +45,16 @@ class FetchOptions:
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT
     respect_opt_out: bool = True
+    # SSRF guard (see pipeline/netguard.py): by default only globally routable addresses.
+    allow_private: bool = False  # also connect to loopback, private, link-local, ...
+    allow_hosts: tuple[str, ...] = ()  # names or IPs exempt from the guard
+    insecure_hosts: tuple[str, ...] = ()  # names or IPs whose TLS certificate is not verified
 
     def __post_init__(self) -> None:
+        for name in ("allow_hosts", "insecure_hosts"):
+            hosts = tuple(h.strip().lower().strip("[]") for h in getattr(self, name))
+            _require(all(hosts), f"--{name[:-1].replace('_', '-')} must not be empty")
+            object.__setattr__(self, name, hosts)
         _require(self.concurrency >= 1, "--concurrency must be at least 1")
         _require(self.per_host >= 1, "--per-host must be at least 1")
         _require(self.timeout > 0, "--timeout must be positive")

@@ -19,8 +19,9 @@ from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
-from pipeline.errors import PipelineError, ResumeRefused, UsageError
+from pipeline.errors import PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.executors import LocalExecutor, ShardExecutor
+from pipeline.limits import fit_open_files
 from pipeline.manifest import (
     ManifestSpec,
     count_rows,
@@ -143,10 +144,11 @@ def run_config(
 ) -> RunSummary:
     if config.local_root is None and spec.local_root is not None:
         config = replace(config, local_root=spec.local_root)
+    config = fit_open_files(config)
     catalog_file = catalog_path(config)
     if isinstance(config.out, Path):
-        config.out.mkdir(parents=True, exist_ok=True)
-    catalog_file.parent.mkdir(parents=True, exist_ok=True)
+        _make_out(config.out)
+    _make_out(catalog_file.parent)
     store = open_store(config.out, partition=config.partition)
     store.clear_temp()  # leftovers of a killed run: never visible as finished files
     progress = Progress()
@@ -160,13 +162,18 @@ def run_config(
         extras = extra_columns(spec)
         shards = _todo(catalog, spec, config, progress)
         executor = executor or LocalExecutor(config.procs)
+        reports = executor.run(shards, config)
         try:
-            for report in executor.run(shards, config):
+            for report in reports:
                 catalog.write_shard(report, extra_columns=extras + _jsonl_extras(report, extras))
                 _count(progress, report)
                 if on_progress is not None:
                     on_progress(progress)
         finally:
+            # Stop the workers *before* clearing their temp files: a Ctrl-C that lands here
+            # (not inside the executor) would otherwise leave them writing until collected.
+            if hasattr(reports, "close"):
+                reports.close()
             store.clear_temp()
         return _summary(catalog, config, progress)
 
@@ -189,6 +196,13 @@ def catalog_path(config: RunConfig) -> Path:
     if config.partition is not None:
         return config.out / f"catalog-{config.partition}.sqlite"
     return config.out / CATALOG_NAME
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
 
 
 def _estimate_total_in_background(spec: ManifestSpec, progress: Progress) -> None:

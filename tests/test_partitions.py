@@ -24,7 +24,7 @@ COMMON = ["--procs", "1", "--shard-size", "2", "-q"]
 
 def _start_partition(manifest: Path, out: Path, index: int, n: int = 3) -> subprocess.Popen[bytes]:
     """One partition in its own OS process, as on another machine of a Slurm array."""
-    args = ["run", str(manifest), "--out", str(out), "--num-workers", str(n), "--worker-index", str(index)]
+    args = ["run", "--allow-private", str(manifest), "--out", str(out), "--num-workers", str(n), "--worker-index", str(index)]
     return subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), *args, *COMMON],
         cwd=ROOT,
@@ -42,7 +42,7 @@ def test_partitions_run_apart_then_merged_equal_a_single_run(server: HTTPServer,
     manifest = serve_manifest(server, tmp_path)
     single, shared = tmp_path / "single", tmp_path / "shared"
     runner = CliRunner()
-    result = runner.invoke(main, ["run", str(manifest), "--out", str(single), *COMMON])
+    result = runner.invoke(main, ["run", "--allow-private", str(manifest), "--out", str(single), *COMMON])
     assert result.exit_code == 0, result.output
 
     # Two of three partitions, concurrently, into the same OUT.
@@ -90,7 +90,7 @@ def test_merge_refuses_partitions_of_different_runs(server: HTTPServer, tmp_path
     out = tmp_path / "out"
     runner = CliRunner()
     for index, sizes in ((0, "256"), (1, "128")):
-        args = ["run", str(manifest), "--out", str(out), "--num-workers", "2", "--worker-index", str(index)]
+        args = ["run", "--allow-private", str(manifest), "--out", str(out), "--num-workers", "2", "--worker-index", str(index)]
         result = runner.invoke(main, [*args, "--sizes", sizes, *COMMON])
         assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["merge", str(out)])
@@ -102,7 +102,7 @@ def test_merge_refuses_partitions_of_different_runs(server: HTTPServer, tmp_path
 def test_merge_reports_unfinished_and_renamed_partitions(tmp_path: Path, server: HTTPServer) -> None:
     manifest = serve_manifest(server, tmp_path, images=3)
     out = tmp_path / "out"
-    args = ["run", str(manifest), "--out", str(out), "--num-workers", "2", "--worker-index", "1", *COMMON]
+    args = ["run", "--allow-private", str(manifest), "--out", str(out), "--num-workers", "2", "--worker-index", "1", *COMMON]
     assert CliRunner().invoke(main, args).exit_code == 0
     # A partition whose run stopped before reading the whole manifest knows no total yet.
     with sqlite3.connect(out / "catalog-1-of-2.sqlite") as db:
@@ -138,7 +138,7 @@ def test_find_partitions_needs_one_consistent_set(tmp_path: Path) -> None:
 def test_cluster_options_are_checked(tmp_path: Path, args: list[str], message: str) -> None:
     manifest = tmp_path / "m.txt"
     manifest.write_text("http://127.0.0.1:9/a.jpg\n")
-    base = ["run", str(manifest), "--out", str(tmp_path / "out")]
+    base = ["run", "--allow-private", str(manifest), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(main, [*base, *args, "-q"])
     assert result.exit_code == 2
     assert f"Error: {message}" in result.output
@@ -150,7 +150,7 @@ def test_executor_ray_without_ray_is_a_usage_error(tmp_path: Path) -> None:
     manifest.write_text("http://127.0.0.1:9/a.jpg\n")
     # sys.modules["ray"] = None makes `import ray` raise ImportError, as if not installed.
     code = "import sys; sys.modules['ray'] = None; from cli import main; main()"
-    args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--executor", "ray", "-q"]
+    args = ["run", "--allow-private", str(manifest), "--out", str(tmp_path / "out"), "--executor", "ray", "-q"]
     result = subprocess.run(
         [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, timeout=60, check=False
     )

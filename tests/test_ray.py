@@ -46,10 +46,10 @@ def test_ray_run_gives_the_same_rows_and_files_as_the_local_executor(
     manifest = serve_manifest(server, tmp_path)
     common = ["--shard-size", "2", "--procs", "2", "-q"]
     runner = CliRunner()
-    result = runner.invoke(main, ["run", str(manifest), "--out", str(tmp_path / "local"), *common])
+    result = runner.invoke(main, ["run", "--allow-private", str(manifest), "--out", str(tmp_path / "local"), *common])
     assert result.exit_code == 0, result.output
     result = runner.invoke(
-        main, ["run", str(manifest), "--out", str(tmp_path / "ray"), "--executor", "ray", *common]
+        main, ["run", "--allow-private", str(manifest), "--out", str(tmp_path / "ray"), "--executor", "ray", *common]
     )
     assert result.exit_code == 0, result.output
 
@@ -109,7 +109,7 @@ def _run_killing_workers(
     killed: list[int] = []
     executor = RayExecutor(max_attempts=max_attempts)
     with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(run, manifest, out=tmp_path / "out", executor=executor, retries=0)
+        future = pool.submit(run, manifest, out=tmp_path / "out", executor=executor, retries=0, allow_private=True)
         try:
             for _ in range(kills):
                 arrived.get(timeout=60)  # an attempt is inside the shard, holding /hang open

@@ -65,9 +65,9 @@ def test_run_to_s3_writes_the_same_objects_and_rows_as_a_local_run(
     common = ["--procs", "1", "--shard-size", "3", "-q"]
     runner = CliRunner()
     local = tmp_path / "local"
-    assert runner.invoke(main, ["run", str(manifest), "--out", str(local), *common]).exit_code == 0
+    assert runner.invoke(main, ["run", "--allow-private", str(manifest), "--out", str(local), *common]).exit_code == 0
     catalog = tmp_path / "driver" / "run1.sqlite"
-    args = ["run", str(manifest), "--out", "s3://bucket/run1", "--catalog", str(catalog), *common]
+    args = ["run", "--allow-private", str(manifest), "--out", "s3://bucket/run1", "--catalog", str(catalog), *common]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
 
@@ -88,7 +88,7 @@ def test_run_to_s3_writes_the_same_objects_and_rows_as_a_local_run(
 
 def test_missing_bucket_stops_the_run(s3: Any, server: HTTPServer, tmp_path: Path) -> None:
     manifest = serve_manifest(server, tmp_path, images=2)
-    args = ["run", str(manifest), "--out", "s3://no-such-bucket/run", "--catalog", str(tmp_path / "c.sqlite")]
+    args = ["run", "--allow-private", str(manifest), "--out", "s3://no-such-bucket/run", "--catalog", str(tmp_path / "c.sqlite")]
     result = CliRunner().invoke(main, [*args, "--procs", "1", "-q"])
     assert result.exit_code == 1
     assert "Error: cannot write to s3://no-such-bucket/run: FileNotFoundError" in result.output

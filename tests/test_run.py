@@ -112,7 +112,7 @@ def test_end_to_end_two_workers_mixed_good_and_bad(tmp_path: Path, server: HTTPS
         f.write("bad,ftp://example.com/x.jpg,nope\n")
     out = tmp_path / "out"
     result = CliRunner().invoke(main, [
-        "run", str(manifest), "--out", str(out), "--procs", "2", "--shard-size", "4", "--timeout", "1",
+        "run", str(manifest), "--out", str(out), "--allow-private", "--procs", "2", "--shard-size", "4", "--timeout", "1",
         "--retries", "1", "--max-bytes", "250000", "--sizes", "256,64",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -171,7 +171,7 @@ def test_rerun_resumes_and_refuses_other_options(tmp_path: Path, server: HTTPSer
         server.expect_request(f"/{i}.jpg").respond_with_data(jpeg(120, 90, seed=i))
     manifest = _manifest(tmp_path, server, [f"{i}.jpg" for i in range(6)])
     out = tmp_path / "out"
-    args = ["run", str(manifest), "--out", str(out), "--procs", "1", "--shard-size", "2", "-q"]
+    args = ["run", str(manifest), "--out", str(out), "--allow-private", "--procs", "1", "--shard-size", "2", "-q"]
     assert CliRunner().invoke(main, args).exit_code == 0
     assert len(server.log) == 6
     again = CliRunner().invoke(main, args[:-1])
@@ -198,7 +198,7 @@ def test_retry_failed_refetches_only_failed_rows(tmp_path: Path, server: HTTPSer
     server.expect_request("/later.jpg").respond_with_handler(later)
     manifest = _manifest(tmp_path, server, ["ok.jpg", "later.jpg"])
     out = tmp_path / "out"
-    args = ["run", str(manifest), "--out", str(out), "--procs", "1", "--retries", "0", "-q"]
+    args = ["run", str(manifest), "--out", str(out), "--allow-private", "--procs", "1", "--retries", "0", "-q"]
     first = CliRunner().invoke(main, args + ["--max-failure-rate", "0.1"])
     assert first.exit_code == 3 and "above --max-failure-rate" in first.output
     assert _rows(out)["later.jpg"]["error_class"] == "http_5xx"
@@ -214,7 +214,7 @@ def test_export_formats_one_row_per_manifest_row(tmp_path: Path, server: HTTPSer
     with manifest.open("a") as f:
         f.write("x,,empty\n")
     out = tmp_path / "out"
-    assert CliRunner().invoke(main, ["run", str(manifest), "--out", str(out), "--procs", "1", "-q"]).exit_code == 0
+    assert CliRunner().invoke(main, ["run", str(manifest), "--out", str(out), "--allow-private", "--procs", "1", "-q"]).exit_code == 0
     assert len(server.log) == 1  # a repeated URL is fetched once in a shard
 
     csv_out = CliRunner().invoke(main, ["export", str(out), "--format", "csv"]).output.splitlines()
@@ -267,7 +267,7 @@ def test_resume_after_parent_is_killed_mid_run(tmp_path: Path, server: HTTPServe
     manifest = tmp_path / "m.txt"
     manifest.write_text("".join(f"{server.url_for('/img')}?n={i}\n" for i in range(40)))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cli", "run", str(manifest), "--out", str(out), "--procs", "1",
+    cmd = [sys.executable, "-m", "cli", "run", str(manifest), "--out", str(out), "--allow-private", "--procs", "1",
            "--shard-size", "4", "--concurrency", "1", "-q"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
