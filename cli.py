@@ -154,10 +154,11 @@ def status_command(out: Path, as_json: bool) -> None:
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write. [default: standard output]")
+@click.option("--unique", is_flag=True, help="One row per distinct image: group representatives and ungrouped images (after `pipeline dedup`).")
 @_handle_errors
-def export_command(out: Path, fmt: str, output: Path | None) -> None:
+def export_command(out: Path, fmt: str, output: Path | None, unique: bool) -> None:
     """One row per manifest row of the run in OUT, with every column the catalog holds."""
-    count = export(out, output, format=fmt)
+    count = export(out, output, format=fmt, unique=unique)
     if output is not None:
         click.echo(f"{count:,} rows written to {output}", err=True)
 

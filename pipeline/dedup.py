@@ -57,11 +57,11 @@ _VIEW_CACHE = 2048  # items whose views stay in memory (~80 KB each)
 
 @dataclass(frozen=True, slots=True)
 class DedupOptions:
-    max_distance: int = 12  # pHash radius of the candidate search
+    max_distance: int = 14  # pHash radius of the candidate search
     keep: str = "largest"
     verify: bool = True
-    max_sum: int = 30  # pHash + dHash distance of an accepted pair
-    min_similarity: float = 0.95  # thumbnail correlation of an accepted pair
+    max_sum: int = 40  # pHash + dHash distance of an accepted pair
+    min_similarity: float = 0.96  # thumbnail correlation of an accepted pair
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_distance <= 32:
@@ -275,11 +275,11 @@ def normalize(views: np.ndarray) -> np.ndarray:
 def similarity(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
     """Best correlation of one whole view against every view (crops) of the other, both ways.
 
-    0 when both pictures are in colour and their mean chromaticity differs: grayscale
+    0 when both pictures are in colour and their colours disagree: grayscale
     correlation alone confuses objects of another colour on the same plain background.
     """
     (va, ca), (vb, cb) = a, b
-    if colour_distance(ca, cb) > _MAX_CHROMA:
+    if colour_agreement(ca, cb) < _MIN_HUE:
         return 0.0
     ua, ub = va[:, :-1], vb[:, :-1]
     if not ua[0].any() and not ub[0].any():  # both flat: same picture iff same grey level
@@ -287,24 +287,22 @@ def similarity(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray
     return float(max((ub @ ua[0]).max(), (ua @ ub[0]).max()))
 
 
-_MAX_CHROMA = 0.05
+_MIN_HUE = 0.85
 _COLOURFUL = 4.0  # mean channel spread (0-255) above which a picture counts as in colour
 
 
-def colour_distance(ca: np.ndarray, cb: np.ndarray) -> float:
-    """Mean L1 distance of the chromaticities (r, g, b / sum) of two 8x8 RGB grids.
+def colour_agreement(ca: np.ndarray, cb: np.ndarray) -> float:
+    """Correlation of the chroma vectors (RGB minus its grey) of two 8x8 RGB grids.
 
-    0 if either picture is (nearly) grayscale: a grayscale copy must still match.
+    Brightness, contrast and saturation changes scale those vectors but keep their
+    direction; another object colour turns them. 1 if either picture is (nearly) grayscale:
+    a grayscale copy must still match.
     """
-    if _spread(ca) < _COLOURFUL or _spread(cb) < _COLOURFUL:
-        return 0.0
-    ra = ca / np.maximum(ca.sum(axis=1, keepdims=True), 1.0)
-    rb = cb / np.maximum(cb.sum(axis=1, keepdims=True), 1.0)
-    return float(np.abs(ra - rb).sum(axis=1).mean())
-
-
-def _spread(grid: np.ndarray) -> float:
-    return float(np.abs(grid - grid.mean(axis=1, keepdims=True)).mean())
+    xa, xb = ca - ca.mean(axis=1, keepdims=True), cb - cb.mean(axis=1, keepdims=True)
+    na, nb = float(np.abs(xa).mean()), float(np.abs(xb).mean())
+    if na < _COLOURFUL or nb < _COLOURFUL:
+        return 1.0
+    return float((xa * xb).sum() / np.sqrt((xa * xa).sum() * (xb * xb).sum()))
 
 
 # --- grouping --------------------------------------------------------------------------------
