@@ -24,11 +24,11 @@ import click
 
 from pipeline import __version__
 from pipeline.catalog import CATALOG_NAME, Catalog
+from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions, RunConfig
 from pipeline.dedup import CSV_NAME as DUPLICATES_CSV
 from pipeline.dedup import JSON_NAME as DUPLICATES_JSON
 from pipeline.dedup import KEEP, DedupOptions, dedup
 from pipeline.dedup_report import write_report
-from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import PipelineError, UsageError
 from pipeline.export import FORMATS, export
 from pipeline.runner import Progress, RunSummary, run

@@ -64,7 +64,9 @@ def _document(own: random.Random, layout: random.Random) -> Image.Image:
             x += word + own.randrange(6, 14)
     if layout.random() < 0.5:  # a figure block
         fx, fy = layout.randrange(margin, W // 2), layout.randrange(margin, H // 2)
-        draw.rectangle((fx, fy, fx + W // 3, fy + H // 4), fill=tuple(layout.randrange(256) for _ in range(3)))
+        draw.rectangle(
+            (fx, fy, fx + W // 3, fy + H // 4), fill=tuple(layout.randrange(256) for _ in range(3))
+        )
     return im
 
 
@@ -178,7 +180,9 @@ def _pair(a: str, b: str) -> tuple[str, str]:
 def run_ours(folder: Path, work: Path) -> tuple[set[tuple[str, str]], float]:
     out = work / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(folder), "-o", str(out), "-q"], check=True, env=env)
+    subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "run", str(folder), "-o", str(out), "-q"], check=True, env=env
+    )
     started = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "cli.py"), "dedup", str(out)], check=True, env=env)
     elapsed = time.perf_counter() - started
@@ -216,7 +220,9 @@ print(json.dumps({"elapsed": time.perf_counter() - t, "dups": dups}))
 def run_imagededup(folder: Path, python: str | None) -> tuple[Pairs | None, float, str]:
     if not python:
         return None, 0.0, "no --baseline-python given"
-    proc = subprocess.run([python, "-c", _IMAGEDEDUP, str(folder)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [python, "-c", _IMAGEDEDUP, str(folder)], capture_output=True, text=True, check=False
+    )
     if proc.returncode:
         return None, 0.0, proc.stderr.strip().splitlines()[-1]
     data = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -243,9 +249,12 @@ def score(predicted: set[tuple[str, str]], truth: set[tuple[str, str]], labels: 
     result = {"all": _score(predicted, truth)}
     for t in sorted({v["transform"] for v in labels.values()}):
         involved = {n for n, v in labels.items() if v["transform"] == t}
-        sel = lambda pairs: {p for p in pairs if p[0] in involved or p[1] in involved}  # noqa: E731
-        result[t] = _score(sel(predicted), sel(truth))
+        result[t] = _score(_touching(predicted, involved), _touching(truth, involved))
     return result
+
+
+def _touching(pairs: set[tuple[str, str]], names: set[str]) -> set[tuple[str, str]]:
+    return {p for p in pairs if p[0] in names or p[1] in names}
 
 
 def best_threshold(pairs: Pairs, truth: set[tuple[str, str]]) -> tuple[int, set[tuple[str, str]]]:
@@ -265,7 +274,9 @@ def main() -> None:
     started = time.perf_counter()
     labels = generate(folder, args.bases, args.seed)
     names = sorted(labels)
-    print(f"{len(names):,} images from {args.bases} bases in {time.perf_counter() - started:.0f} s ({folder})")
+    print(
+        f"{len(names):,} images from {args.bases} bases in {time.perf_counter() - started:.0f} s ({folder})"
+    )
     by_group: dict[str, list[str]] = {}
     for n in names:
         by_group.setdefault(labels[n]["group"], []).append(n)
@@ -273,7 +284,11 @@ def main() -> None:
 
     methods: dict[str, dict] = {}
     ours, elapsed = run_ours(folder, work)
-    methods["ours (pipeline dedup, defaults)"] = {"threshold": "default", "seconds": round(elapsed, 2), **{"scores": score(ours, truth, labels)}}
+    methods["ours (pipeline dedup, defaults)"] = {
+        "threshold": "default",
+        "seconds": round(elapsed, 2),
+        "scores": score(ours, truth, labels),
+    }
     for name, fn in (("imagehash phash", imagehash.phash), ("imagehash dhash", imagehash.dhash)):
         pairs, elapsed = run_imagehash(folder, names, fn)
         t, chosen = best_threshold(pairs, truth)
@@ -283,12 +298,20 @@ def main() -> None:
         methods["imagededup PHash"] = {"blocked": why}
     else:
         t, chosen = best_threshold(pairs, truth)
-        methods["imagededup PHash"] = {"threshold": t, "seconds": round(elapsed, 2), "scores": score(chosen, truth, labels)}
+        methods["imagededup PHash"] = {
+            "threshold": t,
+            "seconds": round(elapsed, 2),
+            "scores": score(chosen, truth, labels),
+        }
 
     _print(methods, labels)
     dest = ROOT / "bench" / "results" / "dedup_quality.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"images": len(names), "bases": args.bases, "seed": args.seed, "methods": methods}, indent=2))
+    dest.write_text(
+        json.dumps(
+            {"images": len(names), "bases": args.bases, "seed": args.seed, "methods": methods}, indent=2
+        )
+    )
     print(f"written {dest}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -301,14 +324,17 @@ def _print(methods: dict, labels: dict) -> None:
             print(f"{name:<34} blocked: {m['blocked']}")
             continue
         a = m["scores"]["all"]
-        print(f"{name:<34} {m['threshold']!s:>7} {a['precision']:>6.3f} {a['recall']:>6.3f} {a['f1']:>6.3f} {a['predicted']:>7} {m['seconds']:>6.1f}")
+        print(
+            f"{name:<34} {m['threshold']!s:>7} {a['precision']:>6.3f} {a['recall']:>6.3f} {a['f1']:>6.3f} {a['predicted']:>7} {m['seconds']:>6.1f}"
+        )
     scored = [(n, m) for n, m in methods.items() if "scores" in m]
     transforms = [t for t in next(iter(scored))[1]["scores"] if t != "all"]
     print("\nper transform: F1 (P/R)")
     print(f"{'transform':<20}" + "".join(f"{n[:22]:>24}" for n, _ in scored))
     for t in transforms:
         cells = "".join(
-            f"{m['scores'][t]['f1']:>8.3f} ({m['scores'][t]['precision']:.2f}/{m['scores'][t]['recall']:.2f})" for _, m in scored
+            f"{m['scores'][t]['f1']:>8.3f} ({m['scores'][t]['precision']:.2f}/{m['scores'][t]['recall']:.2f})"
+            for _, m in scored
         )
         print(f"{t:<20}{cells}")
 

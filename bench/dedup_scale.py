@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.dedup import pairs_within, popcount  # noqa: E402
+from pipeline.dedup import pairs_within, popcount
 
 
 def planted(n: int, radius: int, seed: int = 0) -> np.ndarray:
@@ -45,7 +45,13 @@ def one(n: int, radius: int) -> dict:
     i, _, _ = pairs_within(h, radius)
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"n": n, "pairs": int(len(i)), "seconds": round(elapsed, 2), "peak_mb": round(peak), "us_per_image": round(elapsed / n * 1e6, 2)}
+    return {
+        "n": n,
+        "pairs": len(i),
+        "seconds": round(elapsed, 2),
+        "peak_mb": round(peak),
+        "us_per_image": round(elapsed / n * 1e6, 2),
+    }
 
 
 def brute(n: int, radius: int) -> dict:
@@ -68,8 +74,12 @@ def main() -> None:
         print(json.dumps(one(args.child, args.radius)))
         return
     base = brute(20_000, args.radius)
-    print(f"baseline numpy brute force, 20,000 hashes: {base['seconds']} s ({base['us_per_image']} us/image, grows with N)")
-    print(f"{'hashes':>10} {'pairs':>9} {'seconds':>8} {'peak MB':>8} {'us/image':>9} {'brute force (N^2 from 20k)':>27}")
+    print(
+        f"baseline numpy brute force, 20,000 hashes: {base['seconds']} s ({base['us_per_image']} us/image, grows with N)"
+    )
+    print(
+        f"{'hashes':>10} {'pairs':>9} {'seconds':>8} {'peak MB':>8} {'us/image':>9} {'brute force (N^2 from 20k)':>27}"
+    )
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         proc = subprocess.run([sys.executable, __file__, "--child", str(n), "--radius", str(args.radius)],
@@ -78,8 +88,10 @@ def main() -> None:
         r["brute_seconds_extrapolated"] = round(base["seconds"] * (n / base["n"]) ** 2, 1)
         rows.append(r)
         speedup = r["brute_seconds_extrapolated"] / r["seconds"]
-        print(f"{n:>10,} {r['pairs']:>9,} {r['seconds']:>8.2f} {r['peak_mb']:>8,} {r['us_per_image']:>9.2f} "
-              f"{r['brute_seconds_extrapolated']:>17,.0f} s ({speedup:,.0f}x)")
+        print(
+            f"{n:>10,} {r['pairs']:>9,} {r['seconds']:>8.2f} {r['peak_mb']:>8,} {r['us_per_image']:>9.2f} "
+            f"{r['brute_seconds_extrapolated']:>17,.0f} s ({speedup:,.0f}x)"
+        )
     dest = ROOT / "bench" / "results" / "dedup_scale.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({"radius": args.radius, "baseline_brute_20k": base, "rows": rows}, indent=2))

@@ -95,7 +95,7 @@ _V2 = """
         CREATE TABLE dedup_pairs (
             a TEXT NOT NULL,                    -- sha256, a < b
             b TEXT NOT NULL,
-            version INTEGER NOT NULL,           -- of the check (dedup.VERIFY_VERSION)
+            version INTEGER NOT NULL,           -- of the check (thumbcheck.VERSION)
             similarity REAL NOT NULL,
             PRIMARY KEY (a, b)
         ) WITHOUT ROWID;

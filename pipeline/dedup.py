@@ -29,7 +29,6 @@ import json
 import math
 import sqlite3
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,25 +37,12 @@ import numpy as np
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.errors import CatalogError, DedupError, UsageError
-from pipeline.process import thumbnail_views
+from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement
 
 KEEP = ("largest", "smallest-file", "first")
 CSV_NAME = "duplicates.csv"
 JSON_NAME = "duplicates.json"
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
-
-# Bump when the thumbnail check changes: cached verdicts of another version are dropped.
-VERIFY_VERSION = 3
-_SIDE = 32
-# Crop boxes tried on each side of a pair: 3.5%, 7% and 10.5% taken off each dimension,
-# anchored on a 5x5 grid (a crop is the hashes' weak spot: recall ~0.5 for pHash <= 10).
-# The edge half of the match is sensitive to misalignment, hence the fine grid.
-_ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)
-_CROPS = tuple(
-    (ax * c, ay * c, ax * c + 1 - c, ay * c + 1 - c) for c in (0.035, 0.07, 0.105) for ax in _ANCHORS for ay in _ANCHORS
-)
-_BOXES = ((0.0, 0.0, 1.0, 1.0), *_CROPS)
-_VIEW_CACHE = 512  # items whose views stay in memory (~600 KB each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +82,7 @@ def popcount(x: np.ndarray) -> np.ndarray:
     return _BYTE_BITS[x.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.uint8)
 
 
-_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_BYTE_BITS = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
 
 
 def hex_to_u64(hexes: list[str]) -> np.ndarray:
@@ -203,7 +189,9 @@ class _Buckets:
         lo = np.searchsorted(self.sorted, keys, "left")
         return lo, np.searchsorted(self.sorted, keys, "right") - lo
 
-    def join(self, queries: np.ndarray, keys: np.ndarray, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def join(
+        self, queries: np.ndarray, keys: np.ndarray, chunk: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(query, match) index pairs for every match of every key, ~``chunk`` pairs at a time."""
         lo, cnt = self.lookup(keys)
         hit = cnt > 0
@@ -219,109 +207,6 @@ class _Buckets:
             first = np.repeat(lo[start:stop] - (np.cumsum(c) - c), c)
             yield qi, self.order[first + np.arange(total)]
             start = stop
-
-
-# --- the rule --------------------------------------------------------------------------------
-
-
-class _Verifier:
-    """The thumbnail check of a pair of contents, cached by SHA-256 pair."""
-
-    def __init__(self, out: Path, thumbs: dict[int, str | None], cache: dict[tuple[str, str], float]) -> None:
-        self.out = out
-        self.thumbs = thumbs  # content row -> thumbnail path relative to OUT
-        self.cache = cache
-        self.new: dict[tuple[str, str], float] = {}
-        self.reused = 0
-        self.views: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-
-    def similarity(self, row_a: int, sha_a: str, row_b: int, sha_b: str) -> float:
-        key = (sha_a, sha_b) if sha_a < sha_b else (sha_b, sha_a)
-        if key in self.cache:
-            self.reused += 1
-            return self.cache[key]
-        if key not in self.new:
-            self.new[key] = similarity(self.views_of(row_a), self.views_of(row_b))
-        return self.new[key]
-
-    def views_of(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        if row in self.views:
-            self.views.move_to_end(row)
-            return self.views[row]
-        rel = self.thumbs.get(row)
-        if not rel:
-            raise DedupError(f"row {row} has no thumbnail to check near duplicates on; {_NO_THUMBS}")
-        try:
-            gray, colour = thumbnail_views(str(self.out / rel), _BOXES, _SIDE)
-        except OSError as exc:
-            raise DedupError(f"thumbnail {rel} of row {row} is missing or unreadable ({exc}); {_NO_THUMBS}") from exc
-        self.views[row] = (normalize(gray, _SIDE), colour)
-        if len(self.views) > _VIEW_CACHE:
-            self.views.popitem(last=False)
-        return self.views[row]
-
-
-_NO_THUMBS = (
-    "restore the thumbnails (rerun `pipeline run` with --force), or pass --no-verify "
-    "to group on pHash and dHash alone"
-)
-
-
-def normalize(views: np.ndarray, side: int) -> np.ndarray:
-    """Each view as one unit-length row: its zero-mean pixels and its gradient magnitudes.
-
-    Half of each is weighted in, so a dot product of two rows is the mean of the intensity
-    correlation and the edge correlation: intensity alone scores an ellipse and a box of the
-    same size and colour alike, their edges do not. The last column keeps the whole view's
-    mean grey level for flat pictures (whose rows are all zero).
-    """
-    img = views.reshape(-1, side, side)
-    gx, gy = np.diff(img, axis=2)[:, :-1, :], np.diff(img, axis=1)[:, :, :-1]
-    edges = np.sqrt(gx * gx + gy * gy).reshape(len(views), -1)
-    parts = [_unit(views) / np.sqrt(2.0), _unit(edges) / np.sqrt(2.0)]
-    return np.hstack([*parts, views.mean(axis=1, keepdims=True)]).astype(np.float32)
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    centred = rows - rows.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(centred, axis=1, keepdims=True)
-    return np.where(norm > 1e-3 * rows.shape[1], centred / np.maximum(norm, 1e-9), 0.0)
-
-
-def similarity(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
-    """Best match of one whole view against every view (crops) of the other, both ways.
-
-    0 when both pictures are in colour and their colours disagree: grayscale structure
-    alone confuses objects of another colour on the same plain background.
-    """
-    (va, ca), (vb, cb) = a, b
-    if colour_agreement(ca, cb) < _MIN_HUE:
-        return 0.0
-    ua, ub = va[:, :-1], vb[:, :-1]
-    if not ua[0].any() and not ub[0].any():  # both flat: same picture iff same grey level
-        return 1.0 if abs(float(va[0, -1]) - float(vb[0, -1])) < 8 else 0.0
-    return float(max((ub @ ua[0]).max(), (ua @ ub[0]).max()))
-
-
-_MIN_HUE = 0.85
-_COLOURFUL = 4.0  # mean channel spread (0-255) above which a picture counts as in colour
-
-
-def colour_agreement(ca: np.ndarray, cb: np.ndarray) -> float:
-    """Correlation of the chroma vectors (RGB minus its grey) of two 8x8 RGB grids.
-
-    Brightness, contrast and saturation changes scale those vectors but keep their
-    direction; another object colour turns them. 1 if either picture is (nearly) grayscale:
-    a grayscale copy must still match.
-    """
-    if not (is_colourful(ca) and is_colourful(cb)):
-        return 1.0
-    xa, xb = ca - ca.mean(axis=1, keepdims=True), cb - cb.mean(axis=1, keepdims=True)
-    return float((xa * xb).sum() / np.sqrt((xa * xa).sum() * (xb * xb).sum()))
-
-
-def is_colourful(grid: np.ndarray) -> bool:
-    return float(np.abs(grid - grid.mean(axis=1, keepdims=True)).mean()) >= _COLOURFUL
 
 
 # --- grouping --------------------------------------------------------------------------------
@@ -391,15 +276,17 @@ class _UnionFind:
         return a
 
 
-def _accepts(items: _Items, verifier: _Verifier | None, options: DedupOptions, a: int, b: int) -> bool:
+def _accepts(items: _Items, check: ThumbnailCheck | None, options: DedupOptions, a: int, b: int) -> bool:
     dp = int(popcount(items.phash[a : a + 1] ^ items.phash[b : b + 1])[0])
     dd = int(popcount(items.dhash[a : a + 1] ^ items.dhash[b : b + 1])[0])
     if dp + dd > options.max_sum:
         return False
-    if verifier is None:
+    if check is None:
         return True
-    sim = verifier.similarity(int(items.rows[a]), items.sha[a], int(items.rows[b]), items.sha[b])
-    return sim >= options.min_similarity
+    return (
+        check.score(int(items.rows[a]), items.sha[a], int(items.rows[b]), items.sha[b])
+        >= options.min_similarity
+    )
 
 
 def _candidates(items: _Items, contents: np.ndarray, options: DedupOptions) -> tuple[np.ndarray, ...]:
@@ -411,8 +298,21 @@ def _candidates(items: _Items, contents: np.ndarray, options: DedupOptions) -> t
     return a[order], b[order], dp[order]
 
 
+def _check_candidates(
+    items: _Items, pairs: tuple[np.ndarray, ...], check: ThumbnailCheck, options: DedupOptions
+) -> None:
+    """Score, in one batch, the candidates that pass the hash part of the rule."""
+    a, b, dp = pairs
+    gate = dp.astype(np.int64) + popcount(items.dhash[a] ^ items.dhash[b]) <= options.max_sum
+    a, b = a[gate].tolist(), b[gate].tolist()
+    rows = items.rows.tolist()
+    check.score_batch(
+        [rows[x] for x in a], [items.sha[x] for x in a], [rows[y] for y in b], [items.sha[y] for y in b]
+    )
+
+
 def _near_groups(
-    items: _Items, pairs: tuple[np.ndarray, ...], verifier: _Verifier | None, options: DedupOptions
+    items: _Items, pairs: tuple[np.ndarray, ...], check: ThumbnailCheck | None, options: DedupOptions
 ) -> tuple[np.ndarray, np.ndarray]:
     """Union-find root of every item (contents only are joined) and each one's joining distance."""
     uf = _UnionFind(len(items.rows))
@@ -420,16 +320,17 @@ def _near_groups(
     tints: dict[int, np.ndarray | None] = {}  # root -> colour grid of its first colour member
     for x, y, d in zip(*(p.tolist() for p in pairs)):
         rx, ry = uf.find(x), uf.find(y)
-        if rx == ry or not _accepts(items, verifier, options, x, y):
+        if rx == ry or not _accepts(items, check, options, x, y):
             continue
         # Verify before merging: the two seeds must be duplicates too, or a chain through
         # one shared look-alike would pull two different pictures together.
-        if {rx, ry} != {x, y} and not _accepts(items, verifier, options, rx, ry):
+        if {rx, ry} != {x, y} and not _accepts(items, check, options, rx, ry):
             continue
         # A grayscale copy matches every colouring of its picture: it may join either, but
         # must not bridge a group of one colour to a group of another.
-        tint_x, tint_y = tints.get(rx, _tint(verifier, items, rx)), tints.get(ry, _tint(verifier, items, ry))
-        if tint_x is not None and tint_y is not None and colour_agreement(tint_x, tint_y) < _MIN_HUE:
+        tint_x = tints[rx] if rx in tints else _tint(check, items, rx)
+        tint_y = tints[ry] if ry in tints else _tint(check, items, ry)
+        if tint_x is not None and tint_y is not None and colour_agreement(tint_x, tint_y) < MIN_HUE:
             continue
         root = uf.union(rx, ry)
         joined[ry if root == rx else rx] = d
@@ -438,12 +339,9 @@ def _near_groups(
     return roots, joined
 
 
-def _tint(verifier: _Verifier | None, items: _Items, idx: int) -> np.ndarray | None:
+def _tint(check: ThumbnailCheck | None, items: _Items, idx: int) -> np.ndarray | None:
     """The 8x8 RGB grid of a content if it is in colour (``None``: grayscale, or no check)."""
-    if verifier is None:
-        return None
-    grid = verifier.views_of(int(items.rows[idx]))[1]
-    return grid if is_colourful(grid) else None
+    return None if check is None else check.tint(int(items.rows[idx]))
 
 
 def _representative(items: _Items, members: np.ndarray, keep: str) -> int:
@@ -478,15 +376,16 @@ def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
             content[idx] = first_of.setdefault(sha, idx)
         contents = np.fromiter(first_of.values(), np.int64, len(first_of))
         pairs = _candidates(items, contents, options)
-        verifier = None
+        check = None
         if options.verify:
             involved = np.unique(np.concatenate(pairs[:2]))
-            verifier = _Verifier(out, _thumb_paths(catalog, items.rows[involved]), _load_verdicts(catalog))
-        roots, joined = _near_groups(items, pairs, verifier, options)
+            check = ThumbnailCheck(out, _thumb_paths(catalog, items.rows[involved]), _load_verdicts(catalog))
+            _check_candidates(items, pairs, check, options)
+        roots, joined = _near_groups(items, pairs, check, options)
         candidates = len(pairs[0])
         group_of = roots[content]
         members = _members(items, group_of, joined, content, options)
-        _save(catalog, members, verifier, options)
+        _save(catalog, members, check, options)
         write_outputs(catalog, out)
     exact = sum(1 for m in members if m[3] == "exact" and m[0] != m[2])
     duplicates = sum(1 for m in members if m[0] != m[2])
@@ -496,8 +395,8 @@ def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
         duplicates=duplicates,
         exact=exact,
         candidates=candidates,
-        checked=len(verifier.new) if verifier else 0,
-        cached=verifier.reused if verifier else 0,
+        checked=len(check.new) if check else 0,
+        cached=check.reused if check else 0,
         elapsed_s=time.perf_counter() - started,
     )
 
@@ -520,7 +419,14 @@ def _members(
             same = items.sha[m] == items.sha[rep]
             distance = 0 if same else int(popcount(items.phash[m : m + 1] ^ items.phash[rep : rep + 1])[0])
             found.append(
-                (int(items.rows[m]), rep_row, rep_row, "exact" if same else "near", distance, int(joined[content[m]]))
+                (
+                    int(items.rows[m]),
+                    rep_row,
+                    rep_row,
+                    "exact" if same else "near",
+                    distance,
+                    int(joined[content[m]]),
+                )
             )
     return found
 
@@ -537,18 +443,20 @@ def _thumb_paths(catalog: Catalog, rows: np.ndarray) -> dict[int, str | None]:
 
 def _load_verdicts(catalog: Catalog) -> dict[tuple[str, str], float]:
     sql = "SELECT a, b, similarity FROM dedup_pairs WHERE version = ?"
-    return {(a, b): s for a, b, s in catalog.db.execute(sql, (VERIFY_VERSION,))}
+    return {(a, b): s for a, b, s in catalog.db.execute(sql, (VERSION,))}
 
 
-def _save(catalog: Catalog, members: list[Member], verifier: _Verifier | None, options: DedupOptions) -> None:
+def _save(
+    catalog: Catalog, members: list[Member], check: ThumbnailCheck | None, options: DedupOptions
+) -> None:
     try:
         with catalog.transaction() as db:
             db.execute("DELETE FROM dedup_members")
             db.executemany("INSERT INTO dedup_members VALUES (?, ?, ?, ?, ?, ?)", members)
-            if verifier is not None:
+            if check is not None:
                 db.executemany(
                     "INSERT OR REPLACE INTO dedup_pairs VALUES (?, ?, ?, ?)",
-                    [(a, b, VERIFY_VERSION, s) for (a, b), s in verifier.new.items()],
+                    [(a, b, VERSION, s) for (a, b), s in check.new.items()],
                 )
             catalog._set_meta(
                 "dedup",
@@ -583,11 +491,15 @@ def write_outputs(catalog: Catalog, out: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in iter_grouped(catalog):
-            writer.writerow((r["group_id"], r["key"], r["url"], r["sha256"], r["kind"], r["distance"], int(r["is_rep"])))
+            writer.writerow(
+                (r["group_id"], r["key"], r["url"], r["sha256"], r["kind"], r["distance"], int(r["is_rep"]))
+            )
             groups.setdefault(r["group_id"], []).append(r["key"])
     tmp.replace(out / CSV_NAME)
     # imagededup lists every file, with [] when it has no duplicate.
-    found: dict[str, list[str]] = {k: [] for (k,) in catalog.db.execute("SELECT key FROM items WHERE status = 'ok'")}
+    found: dict[str, list[str]] = {
+        k: [] for (k,) in catalog.db.execute("SELECT key FROM items WHERE status = 'ok'")
+    }
     for keys in groups.values():
         for k in keys:
             found[k] = [o for o in keys if o != k]

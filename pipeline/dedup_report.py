@@ -31,7 +31,9 @@ def write_report(out: str | Path, dest: str | Path, *, page_size: int = PAGE_SIZ
     images = sum(len(g["m"]) for g in groups)
     # "</" cannot end the script element early once escaped; JSON stays valid.
     data = json.dumps({"groups": groups, "pageSize": page_size}, separators=(",", ":")).replace("</", "<\\/")
-    page = _PAGE.replace("__TITLE__", html.escape(f"Duplicates in {out.name}: {len(groups):,} groups, {images:,} images"))
+    page = _PAGE.replace(
+        "__TITLE__", html.escape(f"Duplicates in {out.name}: {len(groups):,} groups, {images:,} images")
+    )
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.write_text(page.replace("__DATA__", data), encoding="utf-8")
     tmp.replace(dest)

@@ -181,27 +181,19 @@ def _bits_to_hex(bits: np.ndarray) -> str:
     return np.packbits(bits.ravel()).tobytes().hex()
 
 
-def thumbnail_views(
-    path: str, boxes: tuple[tuple[float, float, float, float], ...], side: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grayscale ``side`` x ``side`` views of the image file at ``path``, and its 8x8 RGB.
+def thumbnail_pixels(path: str, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image file at ``path`` as ``side`` x ``side`` grayscale floats and an 8x8 RGB grid.
 
-    One view per box, each (left, top, right, bottom) as fractions of the image; the RGB
-    grid is 64 rows of (R, G, B). Used by
-    ``dedup`` to verify a candidate pair on stored thumbnails; ``OSError`` (missing or
-    unreadable file) propagates for the caller to report.
+    The grid comes as 64 rows of (R, G, B). Aspect ratio is not kept: both serve ``dedup``'s
+    thumbnail check, which compares pictures at the same relative positions. ``OSError``
+    (missing or unreadable file) propagates for the caller to report.
     """
     with Image.open(path) as im:
-        im.draft("RGB", (side * 4, side * 4))
+        im.draft("RGB", (side, side))
         rgb = im.convert("RGB")
-    gray = rgb.convert("L")
-    w, h = gray.size
-    views = [
-        np.asarray(gray.resize((side, side), Image.Resampling.BOX, box=(l * w, t * h, r * w, b * h)), np.float32)
-        for l, t, r, b in boxes
-    ]
-    small = np.asarray(rgb.resize((8, 8), Image.Resampling.BOX), np.float32).reshape(-1, 3)
-    return np.stack(views).reshape(len(boxes), side * side), small
+    gray = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float64)
+    grid = np.asarray(rgb.resize((8, 8), Image.Resampling.BOX), np.float64).reshape(64, 3)
+    return gray, grid
 
 
 # -- decode ----------------------------------------------------------------------------------

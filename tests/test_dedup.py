@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import encode, photo
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli import main
-from conftest import encode, photo
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.dedup import DedupOptions, _Items, _near_groups, pairs_within, popcount
 
@@ -120,7 +120,9 @@ def _write_set(folder: Path) -> dict[str, str]:
             groups[f"{base_name}_{name}"] = base_name
         shutil.copyfile(folder / f"{base_name}_orig.jpg", folder / f"{base_name}_copy.jpg")
         groups[f"{base_name}_copy.jpg"] = base_name
-        (folder / f"{base_name}_alike.jpg").write_bytes(encode(_look_alike(base, seed + 100), "JPEG", quality=90))
+        (folder / f"{base_name}_alike.jpg").write_bytes(
+            encode(_look_alike(base, seed + 100), "JPEG", quality=90)
+        )
         groups[f"{base_name}_alike.jpg"] = f"{base_name}_alike"
     for name, shape, colour in (("p_red.png", "ellipse", (200, 30, 30)), ("p_blue.png", "ellipse", (30, 30, 200)),
                                 ("p_box.png", "rectangle", (200, 30, 30))):  # fmt: skip
@@ -181,13 +183,23 @@ def test_dedup_groups_real_transformed_copies_and_not_look_alikes(processed, tmp
         assert sum(r["is_representative"] == "1" for r in members) == 1
         assert members[0]["is_representative"] == "1"  # representative first
     rep_a = next(r for r in groups[by_key["a_orig.jpg"]] if r["is_representative"] == "1")
-    assert rep_a["key"] in ("a_orig.jpg", "a_copy.jpg", "a_q30.jpg", "a_bright.jpg", "a_gray.jpg", "a_mark.jpg", "a_re.webp")
+    assert rep_a["key"] in (
+        "a_orig.jpg",
+        "a_copy.jpg",
+        "a_q30.jpg",
+        "a_bright.jpg",
+        "a_gray.jpg",
+        "a_mark.jpg",
+        "a_re.webp",
+    )
     copy = {r["key"]: r for r in rows}
     assert copy["a_copy.jpg"]["sha256"] == copy["a_orig.jpg"]["sha256"]
     # imagededup's find_duplicates shape: every key, its duplicates' keys.
     found = json.loads((out / "duplicates.json").read_text())
     assert set(found) == set(truth)
-    assert sorted(found["a_half.jpg"]) == sorted(k for k, g in truth.items() if g == "a" and k != "a_half.jpg")
+    assert sorted(found["a_half.jpg"]) == sorted(
+        k for k, g in truth.items() if g == "a" and k != "a_half.jpg"
+    )
     assert found["a_alike.jpg"] == []
     # The catalog holds the same groups.
     db = sqlite3.connect(out / CATALOG_NAME)
@@ -271,7 +283,10 @@ def test_catalog_without_images_gives_a_clear_error(tmp_path) -> None:
     out.mkdir()
     Catalog(out / CATALOG_NAME).close()
     code, output = _run(["dedup", str(out)])
-    assert (code, output.strip()) == (1, f"Error: {out / CATALOG_NAME} has no images yet: run `pipeline run` into this folder first")
+    assert (code, output.strip()) == (
+        1,
+        f"Error: {out / CATALOG_NAME} has no images yet: run `pipeline run` into this folder first",
+    )
     code, output = _run(["dedup", str(tmp_path)])
     assert code == 1 and output.startswith("Error: no catalog at")
 
@@ -284,7 +299,9 @@ def test_catalog_with_failed_rows_only_gives_a_clear_error(tmp_path) -> None:
     assert code == 0, output
     code, output = _run(["dedup", str(out)])
     assert code == 1
-    assert output.startswith(f"Error: none of the 2 rows in {out / CATALOG_NAME} is a processed image (1 failed, 1 invalid)")
+    assert output.startswith(
+        f"Error: none of the 2 rows in {out / CATALOG_NAME} is a processed image (1 failed, 1 invalid)"
+    )
     assert "--retry-failed" in output
 
 

@@ -19,9 +19,9 @@ from urllib.parse import unquote
 
 import pytest
 from click.testing import CliRunner
+from conftest import encode, photo
 
 from cli import main
-from conftest import encode, photo
 from pipeline.catalog import CATALOG_NAME
 from pipeline.dedup_report import write_report
 
@@ -47,7 +47,7 @@ def _dump_dom(page: Path) -> str:
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         proc = subprocess.run(
             [_chromium(), *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -109,7 +109,9 @@ def test_report_opens_in_a_browser_and_shows_every_group(tmp_path: Path) -> None
     assert "data-error" not in dom.body, dom.body["data-error"]
     assert (dom.body["data-groups"], dom.body["data-images"]) == ("3", "9")
     db = sqlite3.connect(out / CATALOG_NAME)
-    assert sorted(dom.groups) == sorted(str(g) for (g,) in db.execute("SELECT DISTINCT group_id FROM dedup_members"))
+    assert sorted(dom.groups) == sorted(
+        str(g) for (g,) in db.execute("SELECT DISTINCT group_id FROM dedup_members")
+    )
     assert len(dom.images) == 9
     for src in dom.images:  # every thumbnail resolves from the page's folder
         assert not src.startswith(("/", "file:")), src
