@@ -6,7 +6,7 @@ per image at each size; the per-image cost should stay roughly flat. Each size r
 fresh child process so that peak memory is its own. A numpy brute force over the first
 20,000 hashes, measured in the same run, is the baseline (all-pairs grows as N^2).
 
-    /tmp/probe/bin/python bench/dedup_scale.py            # writes bench/results/dedup_scale.json
+    /tmp/probe/bin/python bench/dedup_scale.py [--radius 8]   # writes bench/results/dedup_scale_r8.json
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> None:
             f"{n:>10,} {r['pairs']:>9,} {r['seconds']:>8.2f} {r['peak_mb']:>8,} {r['us_per_image']:>9.2f} "
             f"{r['brute_seconds_extrapolated']:>17,.0f} s ({speedup:,.0f}x)"
         )
-    dest = ROOT / "bench" / "results" / "dedup_scale.json"
+    dest = ROOT / "bench" / "results" / f"dedup_scale_r{args.radius}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({"radius": args.radius, "baseline_brute_20k": base, "rows": rows}, indent=2))
     print(f"written {dest}")

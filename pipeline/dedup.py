@@ -47,7 +47,7 @@ CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_repre
 
 @dataclass(frozen=True, slots=True)
 class DedupOptions:
-    max_distance: int = 14  # pHash radius of the candidate search
+    max_distance: int = 10  # pHash radius of the candidate search (1M hashes: ~40 s here)
     keep: str = "largest"
     verify: bool = True
     max_sum: int = 40  # pHash + dHash distance of an accepted pair
@@ -94,14 +94,15 @@ def pairs_within(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair ``i < j`` with ``popcount(hashes[i] ^ hashes[j]) <= radius``, exactly.
 
-    Multi-index hashing (Norouzi et al., 2012): split the 64 bits into ``m`` blocks; by the
-    pigeonhole principle a pair within ``radius`` differs by at most ``radius // m`` bits in
-    at least one block. For each block and each flip pattern of at most that many bits, a
-    bucket table joins every hash with the hashes whose block equals its block XOR the
-    pattern. A pair is kept only in the first block where it qualifies, and for a pattern
-    only from the side whose highest flipped bit is 0, so each pair comes out once.
-    ``m`` is chosen by a cost model (~3 blocks of 21 bits for 1M hashes, radius 8).
-    Candidates are expanded ``chunk`` at a time, so memory stays bounded.
+    Multi-index hashing (Norouzi et al., 2012): split the 64 bits into ``m`` blocks and give
+    block ``k`` a radius ``s_k`` with ``sum(s_k + 1) > radius``; by the pigeonhole principle a
+    pair within ``radius`` is within ``s_k`` bits in at least one block. For each block and
+    each flip pattern of at most ``s_k`` bits, a bucket table joins every hash with the
+    hashes whose block equals its block XOR the pattern. A pair is kept only in the first
+    block where it qualifies, and for a pattern only from the side whose highest flipped bit
+    is 0, so each pair comes out once. ``m`` is chosen by a cost model (3 blocks of 21-22
+    bits for 1M hashes at radius 8). Candidates are expanded ``chunk`` at a time, so memory
+    stays bounded.
     """
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
     n = len(h)
@@ -109,26 +110,21 @@ def pairs_within(
     if n < 2:
         return empty, empty, np.empty(0, np.uint8)
     blocks = _plan_blocks(n, radius)
-    per_block = radius // len(blocks)
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
-    for k, (shift, width) in enumerate(blocks):
+    for k, (shift, width, flips) in enumerate(blocks):
         values = ((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
         buckets = _Buckets(values, width)
-        for pattern in _patterns(width, per_block):
-            if pattern:
-                top = pattern.bit_length() - 1
-                queries = np.flatnonzero(((values >> top) & 1) == 0)
-            else:
-                queries = np.arange(n)
-            for qi, qj in buckets.join(queries, values[queries] ^ pattern, chunk):
+        for pattern in _patterns(width, flips):
+            queries, own = buckets.queries(pattern.bit_length() - 1 if pattern else None)
+            for qi, qj in buckets.join(queries, own ^ pattern, chunk):
                 if not pattern:
                     keep = qj > qi
                     qi, qj = qi[keep], qj[keep]
                 x = h[qi] ^ h[qj]
                 ok = popcount(x) <= radius
-                for shift_e, width_e in blocks[:k]:  # already found in an earlier block
-                    ok &= popcount((x >> np.uint64(shift_e)) & np.uint64((1 << width_e) - 1)) > per_block
+                for shift_e, width_e, flips_e in blocks[:k]:  # already found in an earlier block
+                    ok &= popcount((x >> np.uint64(shift_e)) & np.uint64((1 << width_e) - 1)) > flips_e
                 found_i.append(qi[ok])
                 found_j.append(qj[ok])
     if not found_i:
@@ -138,24 +134,24 @@ def pairs_within(
     return i, j, popcount(h[i] ^ h[j])
 
 
-def _plan_blocks(n: int, radius: int) -> list[tuple[int, int]]:
-    """(shift, width) of each block, for the number of blocks with the lowest estimated cost."""
-    best: tuple[float, int] | None = None
+def _plan_blocks(n: int, radius: int) -> list[tuple[int, int, int]]:
+    """(shift, width, flips) of each block, for the block count of lowest estimated cost."""
+    best: tuple[float, list[tuple[int, int, int]]] | None = None
     for m in range(1, min(radius + 1, 16) + 1):
         widths = [64 // m + (1 if b < 64 % m else 0) for b in range(m)]
-        s = radius // m
+        # sum(flips + 1) must exceed the radius; the spare flips go to the widest blocks.
+        spare = radius + 1 - m
+        flips = [spare // m + (1 if b < spare % m else 0) for b in range(m)]
         cost = 0.0
-        for w in widths:
+        for w, s in zip(widths, flips):
             probes = sum(math.comb(w, t) for t in range(s + 1))
             lookup = n * (1 if w <= _DIRECT_BITS else 6)  # a table gather vs a binary search
             cost += probes * (lookup + n * n / 2.0**w + 20_000)  # + numpy call overhead
         if best is None or cost < best[0]:
-            best = (cost, m)
+            shifts = np.cumsum([0, *widths[:-1]])
+            best = (cost, [(int(sh), w, s) for sh, w, s in zip(shifts, widths, flips)])
     assert best is not None
-    m = best[1]
-    widths = [64 // m + (1 if b < 64 % m else 0) for b in range(m)]
-    shifts = np.cumsum([0, *widths[:-1]])
-    return [(int(s), w) for s, w in zip(shifts, widths)]
+    return best[1]
 
 
 def _patterns(width: int, flips: int) -> Iterator[int]:
@@ -171,30 +167,41 @@ _DIRECT_BITS = 24  # blocks up to this wide get a direct-address table (2^24 int
 
 
 class _Buckets:
-    """Positions of each block value: a direct table for narrow blocks, sorted search else."""
+    """Positions of each block value: a direct table for narrow blocks, sorted search else.
+
+    Queries run in value order, so the table lookups of a pattern walk memory nearly in
+    sequence (measured ~2x faster at 1M than in row order).
+    """
 
     def __init__(self, values: np.ndarray, width: int) -> None:
         self.order = np.argsort(values, kind="stable")
+        self.sorted = values[self.order]
         self.direct = width <= _DIRECT_BITS
         if self.direct:
-            counts = np.bincount(values, minlength=1 << width)
-            self.counts = counts
-            self.starts = np.cumsum(counts) - counts
-        else:
-            self.sorted = values[self.order]
+            self.prefix = np.zeros((1 << width) + 1, np.int64)
+            self.prefix[1:] = np.cumsum(np.bincount(values, minlength=1 << width))
+        self._halves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def queries(self, top: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Items whose block has bit ``top`` clear (all items for ``None``), and their blocks."""
+        if top is None:
+            return self.order, self.sorted
+        if top not in self._halves:
+            clear = ((self.sorted >> top) & 1) == 0
+            self._halves[top] = (self.order[clear], self.sorted[clear])
+        return self._halves[top]
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.direct:
-            return self.starts[keys], self.counts[keys]
+            lo = self.prefix[keys]
+            return lo, self.prefix[keys + 1] - lo
         lo = np.searchsorted(self.sorted, keys, "left")
         return lo, np.searchsorted(self.sorted, keys, "right") - lo
 
-    def join(
-        self, queries: np.ndarray, keys: np.ndarray, chunk: int
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def join(self, queries: np.ndarray, keys: np.ndarray, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(query, match) index pairs for every match of every key, ~``chunk`` pairs at a time."""
         lo, cnt = self.lookup(keys)
-        hit = cnt > 0
+        hit = np.flatnonzero(cnt)
         queries, lo, cnt = queries[hit], lo[hit], cnt[hit]
         ends = np.cumsum(cnt)
         start = 0
@@ -407,12 +414,11 @@ Member = tuple[int, int, int, str, int, int]  # row, group_id, representative, k
 def _members(
     items: _Items, group_of: np.ndarray, joined: np.ndarray, content: np.ndarray, options: DedupOptions
 ) -> list[Member]:
-    order = np.argsort(group_of, kind="stable")
+    grouped = np.flatnonzero(np.bincount(group_of, minlength=len(group_of))[group_of] >= 2)
+    order = grouped[np.argsort(group_of[grouped], kind="stable")]
     bounds = np.flatnonzero(np.diff(group_of[order])) + 1
     found: list[Member] = []
-    for members in np.split(order, bounds):
-        if len(members) < 2:
-            continue
+    for members in np.split(order, bounds) if len(order) else []:
         rep = _representative(items, members, options.keep)
         rep_row = int(items.rows[rep])
         for m in members:
