@@ -198,7 +198,9 @@ class _Buckets:
         lo = np.searchsorted(self.sorted, keys, "left")
         return lo, np.searchsorted(self.sorted, keys, "right") - lo
 
-    def join(self, queries: np.ndarray, keys: np.ndarray, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def join(
+        self, queries: np.ndarray, keys: np.ndarray, chunk: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(query, match) index pairs for every match of every key, ~``chunk`` pairs at a time."""
         lo, cnt = self.lookup(keys)
         hit = np.flatnonzero(cnt)

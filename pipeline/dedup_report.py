@@ -50,7 +50,7 @@ def _groups(catalog: Catalog, out: Path, page_dir: Path) -> list[dict[str, Any]]
         thumbs = json.loads(r["thumbnails"]) if r["thumbnails"] else []
         thumb = min(thumbs, key=lambda t: t["size"])["path"] if thumbs else None
         groups[-1]["m"].append({
-            "k": r["key"], "u": r["url"], "w": r["width"], "h": r["height"], "f": r["format"], "b": r["bytes"],
+            "k": r["key"], "w": r["width"], "h": r["height"], "f": r["format"], "b": r["bytes"],
             "d": r["distance"], "x": r["kind"], "r": int(r["is_rep"]),
             "t": os.path.relpath(out.resolve() / thumb, page_dir).replace(os.sep, "/") if thumb else None,
         })  # fmt: skip
