@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +55,37 @@ def one(n: int, radius: int) -> dict:
     }
 
 
+def end_to_end(n: int, radius: int) -> dict:
+    """``dedup(--no-verify)`` on a real catalog of ``n`` ok rows with these hashes (no thumbnails)."""
+    import sqlite3
+    import tempfile
+
+    from pipeline.catalog import CATALOG_NAME, ITEM_COLUMNS, Catalog
+    from pipeline.dedup import DedupOptions, dedup
+
+    out = Path(tempfile.mkdtemp(prefix="dedup-scale-"))
+    ph, dh = planted(n, radius, seed=1), planted(n, radius, seed=2)
+    Catalog(out / CATALOG_NAME).close()
+    db = sqlite3.connect(out / CATALOG_NAME)
+    cols = ("row", "shard_id", "key", "url", "status", "attempts", "redirects", "sha256", "phash", "dhash",
+            "width", "height", "format", "bytes", "updated_at")  # fmt: skip
+    assert set(cols) <= set(ITEM_COLUMNS)
+    db.executemany(
+        f"INSERT INTO items ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+        ((r, 0, f"k{r}", f"u{r}", "ok", 1, 0, f"{r:064x}", f"{int(ph[r]):016x}", f"{int(dh[r]):016x}", 64, 64,
+          "JPEG", 1000, 0.0) for r in range(n)),
+    )  # fmt: skip
+    db.commit()
+    db.close()
+    started = time.perf_counter()
+    result = dedup(out, DedupOptions(max_distance=radius, verify=False))
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    shutil.rmtree(out)
+    return {"n": n, "groups": result.groups, "candidates": result.candidates, "seconds": round(elapsed, 2),
+            "peak_mb": round(peak)}  # fmt: skip
+
+
 def brute(n: int, radius: int) -> dict:
     h = planted(n, radius)
     started = time.perf_counter()
@@ -69,7 +101,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,250000,500000,1000000")
     ap.add_argument("--radius", type=int, default=8)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--end-to-end", type=int, metavar="N", help="time `dedup --no-verify` on a catalog of N rows")
     args = ap.parse_args()
+    if args.end_to_end:
+        print(json.dumps(end_to_end(args.end_to_end, args.radius)))
+        return
     if args.child:
         print(json.dumps(one(args.child, args.radius)))
         return
