@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.dedup import iter_grouped
-from pipeline.errors import DedupError
+from pipeline.errors import DedupError, StorageError
 
 PAGE_SIZE = 50
 
@@ -35,8 +35,12 @@ def write_report(out: str | Path, dest: str | Path, *, page_size: int = PAGE_SIZ
         "__TITLE__", html.escape(f"Duplicates in {out.name}: {len(groups):,} groups, {images:,} images")
     )
     tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(page.replace("__DATA__", data), encoding="utf-8")
-    tmp.replace(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page.replace("__DATA__", data), encoding="utf-8")
+        tmp.replace(dest)
+    except OSError as exc:
+        raise StorageError(f"cannot write the report {dest}: {exc}") from exc
     return len(groups)
 
 

@@ -96,8 +96,7 @@ def _out_with_groups(root: Path, groups: int, per_group: int) -> Path:
 def test_report_opens_in_a_browser_and_shows_every_group(tmp_path: Path) -> None:
     _chromium()
     out = _out_with_groups(tmp_path, groups=3, per_group=3)
-    report = tmp_path / "pages" / "dups.html"  # not in OUT: paths must be relative to the page
-    report.parent.mkdir()
+    report = tmp_path / "pages" / "dups.html"  # a new folder, not in OUT: paths relative to the page
     result = CliRunner().invoke(main, ["dedup", str(out), "--report", str(report)])
     assert result.exit_code == 0, result.output
     assert f"Report: {report} (3 groups)" in result.output
