@@ -32,6 +32,10 @@ import click
 from pipeline import __version__
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions
+from pipeline.dedup import CSV_NAME as DUPLICATES_CSV
+from pipeline.dedup import JSON_NAME as DUPLICATES_JSON
+from pipeline.dedup import KEEP, DedupOptions, dedup
+from pipeline.dedup_report import write_report
 from pipeline.errors import PipelineError, UsageError
 from pipeline.executors import EXECUTORS, make_executor
 from pipeline.export import FORMATS, export
@@ -224,10 +228,11 @@ def status_command(out: Path, as_json: bool) -> None:
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write. [default: standard output]")
+@click.option("--unique", is_flag=True, help="One row per distinct image: group representatives and ungrouped images (after `pipeline dedup`).")
 @_handle_errors
-def export_command(out: Path, fmt: str, output: Path | None) -> None:
+def export_command(out: Path, fmt: str, output: Path | None, unique: bool) -> None:
     """One row per manifest row of the run in OUT, with every column the catalog holds."""
-    count = export(out, output, format=fmt)
+    count = export(out, output, format=fmt, unique=unique)
     if output is not None:
         click.echo(f"{count:,} rows written to {output}", err=True)
 
@@ -275,6 +280,34 @@ def group_by_host_command(manifest: Path, output: Path, chunk_rows: int, url_col
     spec = open_manifest(manifest, url_column=url_column, key_column=key_column)
     rows, hosts = group_by_host(spec, output, chunk_rows=chunk_rows)
     click.echo(f"{rows:,} rows of {hosts:,} hosts written to {output}", err=True)
+
+
+_D = DedupOptions()
+
+
+@main.command("dedup")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--max-distance", type=int, default=_D.max_distance, show_default=True, help="pHash bits (of 64) within which two images are compared at all.")
+@click.option("--keep", type=click.Choice(KEEP), default=_D.keep, show_default=True, help="Group representative: most pixels, smallest file, or first row (ties: first row).")
+@click.option("--verify/--no-verify", default=_D.verify, show_default=True, help="Check each near pair on the stored thumbnails; --no-verify trusts pHash + dHash alone.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static HTML page of the groups to FILE.")
+@_handle_errors
+def dedup_command(out: Path, max_distance: int, keep: str, verify: bool, report: Path | None) -> None:
+    """Group exact and near-duplicate images of the run in OUT.
+
+    Writes the groups to the catalog, OUT/duplicates.csv and OUT/duplicates.json
+    (imagededup's find_duplicates shape). Rerun after more rows were added: hashes are
+    read from the catalog and earlier thumbnail checks are reused.
+    """
+    r = dedup(out, DedupOptions(max_distance=max_distance, keep=keep, verify=verify))
+    click.echo(
+        f"{r.images:,} images: {r.groups:,} groups, {r.duplicates:,} duplicates ({r.exact:,} exact) "
+        f"in {r.elapsed_s:,.1f} s; {r.candidates:,} candidate pairs, {r.checked:,} checked, {r.cached:,} reused"
+    )
+    click.echo(f"Written: {out / DUPLICATES_CSV}, {out / DUPLICATES_JSON}")
+    if report is not None:
+        pages = write_report(out, report)
+        click.echo(f"Report: {report} ({pages:,} groups)")
 
 
 # --- output helpers --------------------------------------------------------------------------

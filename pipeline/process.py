@@ -181,6 +181,21 @@ def _bits_to_hex(bits: np.ndarray) -> str:
     return np.packbits(bits.ravel()).tobytes().hex()
 
 
+def thumbnail_pixels(path: str, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image file at ``path`` as ``side`` x ``side`` grayscale floats and an 8x8 RGB grid.
+
+    The grid comes as 64 rows of (R, G, B). Aspect ratio is not kept: both serve ``dedup``'s
+    thumbnail check, which compares pictures at the same relative positions. ``OSError``
+    (missing or unreadable file) propagates for the caller to report.
+    """
+    with Image.open(path) as im:
+        im.draft("RGB", (side, side))
+        rgb = im.convert("RGB")
+    gray = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float64)
+    grid = np.asarray(rgb.resize((8, 8), Image.Resampling.BOX), np.float64).reshape(64, 3)
+    return gray, grid
+
+
 # -- decode ----------------------------------------------------------------------------------
 
 

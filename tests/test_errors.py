@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.errors import (
     CatalogError,
+    DedupError,
     ErrorClass,
     ItemError,
     ManifestError,
@@ -27,6 +28,7 @@ from pipeline.errors import (
         ResumeRefused("other manifest", ("manifest.sha256",)),
         CatalogError("corrupt"),
         StorageError("disk full"),
+        DedupError("no images"),
         ItemError(ErrorClass.HTTP_4XX, "HTTP 404 Not Found", 404),
     ],
 )
