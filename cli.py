@@ -6,17 +6,24 @@ This is the only module that imports click. Library errors become a one-line
   0    done
   1    internal error (a bug: please report it with the traceback from --debug)
   2    usage error, unreadable manifest, or a refused resume
-  3    done, but the failure rate is above --max-failure-rate
+  3    done, but the failure rate is above --max-failure-rate (run), or partitions are
+       missing or unfinished (merge)
   130  interrupted (Ctrl-C); rerun the same command to resume
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +31,17 @@ import click
 
 from pipeline import __version__
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions, RunConfig
+from pipeline.config import DEFAULT_USER_AGENT, THUMB_FORMATS, FetchOptions, ProcessOptions
+from pipeline.dedup import CSV_NAME as DUPLICATES_CSV
+from pipeline.dedup import JSON_NAME as DUPLICATES_JSON
+from pipeline.dedup import KEEP, DedupOptions, dedup
+from pipeline.dedup_report import write_report
 from pipeline.errors import PipelineError, UsageError
+from pipeline.executors import EXECUTORS, make_executor
 from pipeline.export import FORMATS, export
+from pipeline.hostsort import group_by_host
+from pipeline.manifest import open_manifest
+from pipeline.merge import merge
 from pipeline.runner import Progress, RunSummary, run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -53,6 +68,53 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class _EchoWarnings(logging.Handler):
+    """Library warnings (logger ``pipeline``) as ``Warning: …`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {record.getMessage()}", err=True)
+
+
+_WARNINGS = _EchoWarnings(logging.WARNING)
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("pipeline")
+    if _WARNINGS not in logger.handlers:
+        logger.addHandler(_WARNINGS)
+        logger.propagate = False
+
+
+@contextlib.contextmanager
+def _second_interrupt_exits() -> Iterator[None]:
+    """First Ctrl-C: unwind cleanly (workers stopped, temp files removed, catalog closed,
+    exit 130). A second one while that happens: kill the workers and exit at once; the
+    catalog stays consistent (SQLite rolls back an open transaction) and the next run
+    clears any temp file."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def immediately(signum: int, frame: object) -> None:
+        for child in multiprocessing.active_children():
+            child.kill()
+        os._exit(EXIT_INTERRUPTED)
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, immediately)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise  # `immediately` stays installed until the process exits
+    except BaseException:
+        signal.signal(signal.SIGINT, previous)
+        raise
+    signal.signal(signal.SIGINT, previous)
+
+
 def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
@@ -74,7 +136,7 @@ def main() -> None:
 
 @main.command("run")
 @click.argument("manifest", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder. [default: ./<manifest name>.pipeline]")
+@click.option("-o", "--out", help="Output folder, or an fsspec URL (s3://bucket/run1). [default: ./<manifest name>.pipeline]")
 @click.option("-p", "--procs", type=int, default=None, help="Worker processes. [default: one per core]")
 @click.option("--shard-size", type=int, default=500, show_default=True, help="Rows per shard (the unit of resume).")
 @click.option("--concurrency", type=int, default=_F.concurrency, show_default=True, help="Requests in flight per process.")
@@ -89,6 +151,9 @@ def main() -> None:
 @click.option("--max-redirects", type=int, default=_F.max_redirects, show_default=True, help="Redirect hops allowed.")
 @click.option("--user-agent", default=DEFAULT_USER_AGENT, show_default=True, help="User-Agent header.")
 @click.option("--ignore-opt-out", is_flag=True, help="Fetch even when X-Robots-Tag says noai/noimageai.")
+@click.option("--allow-private", is_flag=True, help="Also connect to loopback, private, link-local and other non-public addresses.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST", help="Host (name or IP) exempt from the private-address guard; repeatable.")
+@click.option("--insecure-host", "insecure_hosts", multiple=True, metavar="HOST", help="Host whose TLS certificate is not verified; repeatable.")
 @click.option("--sizes", default="256", show_default=True, callback=_sizes, help="Thumbnail sizes (longest side), comma-separated.")
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True, help="--no-thumbnails: only download, SHA-256 and keep originals; no decode, no dHash/pHash.")
 @click.option("--thumb-format", type=click.Choice(THUMB_FORMATS), default=_P.thumb_format, show_default=True, help="Thumbnail encoding.")
@@ -101,9 +166,17 @@ def main() -> None:
 @click.option("--retry-failed", is_flag=True, help="Fetch again only the rows that failed.")
 @click.option("--force", is_flag=True, help="Discard an OUT catalog of another manifest or options and start over.")
 @click.option("--max-failure-rate", type=float, default=1.0, show_default=True, help="Exit 3 when more rows than this fraction failed.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True, help="Where shards run: local processes, or Ray tasks (pip install 'pipeline[ray]').")
+@click.option("--ray-address", help="Ray cluster to join, e.g. auto or ray://head:10001. [default: start a local Ray]")
+@click.option("--num-workers", type=int, default=1, show_default=True, help="Static partitioning: the run is split in this many parts...")
+@click.option("--worker-index", type=int, default=0, show_default=True, help="...and this invocation runs part number (0-based): shards with id % N == index.")
+@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), help="SQLite catalog file (local). [default: OUT/catalog.sqlite; required when --out is a URL]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, only errors and the exit code.")
 @_handle_errors
-def run_command(manifest: Path, out: Path | None, quiet: bool, ignore_opt_out: bool, **options: Any) -> None:
+def run_command(
+    manifest: Path, out: str | None, quiet: bool, ignore_opt_out: bool, executor: str, ray_address: str | None,
+    **options: Any,
+) -> None:
     """Download and process every row of MANIFEST.
 
     MANIFEST is a .csv/.tsv (with a header; a 'url' column, optional 'key', other columns
@@ -113,8 +186,13 @@ def run_command(manifest: Path, out: Path | None, quiet: bool, ignore_opt_out: b
     if options["procs"] is None:
         del options["procs"]
     options["respect_opt_out"] = not ignore_opt_out
+    engine = None if executor == "local" and ray_address is None else make_executor(
+        executor, procs=options.get("procs"), ray_address=ray_address
+    )
+    _show_library_warnings()
     reporter = None if quiet else _ProgressReporter()
-    summary = run(manifest, out=out, on_progress=reporter, **options)
+    with _second_interrupt_exits():
+        summary = run(manifest, out=out, on_progress=reporter, executor=engine, **options)
     if reporter is not None:
         reporter.finish()
     if not quiet:
@@ -151,12 +229,86 @@ def status_command(out: Path, as_json: bool) -> None:
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write. [default: standard output]")
+@click.option("--unique", is_flag=True, help="One row per distinct image: group representatives and ungrouped images (after `pipeline dedup`).")
 @_handle_errors
-def export_command(out: Path, fmt: str, output: Path | None) -> None:
+def export_command(out: Path, fmt: str, output: Path | None, unique: bool) -> None:
     """One row per manifest row of the run in OUT, with every column the catalog holds."""
-    count = export(out, output, format=fmt)
+    count = export(out, output, format=fmt, unique=unique)
     if output is not None:
         click.echo(f"{count:,} rows written to {output}", err=True)
+
+
+@main.command("merge")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Merged catalog file. [default: OUT/catalog.sqlite]")
+@_handle_errors
+def merge_command(out: Path, output: Path | None) -> None:
+    """Combine the partition catalogs in OUT (catalog-I-of-N.sqlite) into one catalog.
+
+    Safe to repeat, e.g. once more when a late partition has finished. Exits 3 when
+    partitions are missing or unfinished (the others are merged all the same).
+    """
+    r = merge(out, output=output)
+    click.echo(
+        f"Merged {len(r.merged)} of {r.num_workers} partitions into {r.catalog}: "
+        f"{r.rows:,} rows, shards {r.shards_done:,}/{r.shards_total or '?'}"
+    )
+    problems = [f"missing: {_indices(r.missing)}"] if r.missing else []
+    problems += [f"unfinished: {_indices(r.incomplete)}"] if r.incomplete else []
+    if problems:
+        click.echo(f"Error: partitions {'; '.join(problems)} (of {r.num_workers}); rerun them, then merge again", err=True)
+        sys.exit(EXIT_FAILURES)
+
+
+def _indices(indices: tuple[int, ...]) -> str:
+    return ", ".join(str(i) for i in indices)
+
+
+@main.command("group-by-host")
+@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL manifest to write.")
+@click.option("--chunk-rows", type=int, default=500_000, show_default=True, help="Rows sorted in memory at a time.")
+@click.option("--url-column", default="url", show_default=True, help="Manifest column holding the URL.")
+@click.option("--key-column", default="key", show_default=True, help="Manifest column holding a row key (optional).")
+@_handle_errors
+def group_by_host_command(manifest: Path, output: Path, chunk_rows: int, url_column: str, key_column: str) -> None:
+    """Rewrite MANIFEST with each host's rows together, before a run on many machines.
+
+    Then a host's URLs fill few shards, so few processes connect to it at once:
+    per host, at most --per-host x the shards holding its URLs that run at the same time.
+    Streams (an external sort): memory stays at --chunk-rows rows.
+    """
+    spec = open_manifest(manifest, url_column=url_column, key_column=key_column)
+    rows, hosts = group_by_host(spec, output, chunk_rows=chunk_rows)
+    click.echo(f"{rows:,} rows of {hosts:,} hosts written to {output}", err=True)
+
+
+_D = DedupOptions()
+
+
+@main.command("dedup")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--max-distance", type=int, default=_D.max_distance, show_default=True, help="pHash bits (of 64) within which two images are compared at all.")
+@click.option("--keep", type=click.Choice(KEEP), default=_D.keep, show_default=True, help="Group representative: most pixels, smallest file, or first row (ties: first row).")
+@click.option("--verify/--no-verify", default=_D.verify, show_default=True, help="Check each near pair on the stored thumbnails; --no-verify trusts pHash + dHash alone.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static HTML page of the groups to FILE.")
+@_handle_errors
+def dedup_command(out: Path, max_distance: int, keep: str, verify: bool, report: Path | None) -> None:
+    """Group exact and near-duplicate images of the run in OUT.
+
+    Writes the groups to the catalog, OUT/duplicates.csv and OUT/duplicates.json
+    (imagededup's find_duplicates shape). Rerun after more rows were added: hashes are
+    read from the catalog and earlier thumbnail checks are reused.
+    """
+    r = dedup(out, DedupOptions(max_distance=max_distance, keep=keep, verify=verify))
+    click.echo(
+        f"{r.images:,} images: {r.groups:,} groups, {r.duplicates:,} duplicates ({r.exact:,} exact) "
+        f"in {r.elapsed_s:,.1f} s; {r.candidates:,} candidate pairs, {r.checked:,} checked, {r.cached:,} reused"
+    )
+    click.echo(f"Written: {out / DUPLICATES_CSV}, {out / DUPLICATES_JSON}")
+    if report is not None:
+        pages = write_report(out, report)
+        click.echo(f"Report: {report} ({pages:,} groups)")
 
 
 # --- output helpers --------------------------------------------------------------------------
@@ -179,11 +331,26 @@ class _ProgressReporter:
             f"{p.rows:,} rows  {p.rate():,.0f} rows/s  {p.bytes / 1e6 / max(p.elapsed, 1e-9):,.1f} MB/s  "
             f"ok {p.ok:,}  failed {p.failed:,}  shards {p.shards_done + p.shards_skipped:,}"
         )
+        if p.fraction is not None:
+            line = f"{_bar(p.fraction)} {p.fraction:4.0%}  {_eta(p)}  {line}"
         click.echo(f"\r{line}\x1b[K" if self.tty else line, err=True, nl=not self.tty)
 
     def finish(self) -> None:
         if self.tty and self.last:
             click.echo("", err=True)
+
+
+def _bar(fraction: float, width: int = 24) -> str:
+    filled = round(fraction * width)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _eta(p: Progress) -> str:
+    rate = p.rate()
+    if rate <= 0 or p.rows_total is None:
+        return "ETA ?"
+    left = max(0, p.rows_total - p.rows_before - p.rows) / rate
+    return f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
 def _print_summary(s: RunSummary) -> None:

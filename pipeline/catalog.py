@@ -79,8 +79,30 @@ _V1 = """
         CREATE INDEX items_status ON items (status, error_class);
 """
 
+# Written by `pipeline dedup` (pipeline/dedup.py): one row per member of a duplicate group
+# (ungrouped rows have none), and the thumbnail-check verdicts, cached by content so that a
+# rerun after more rows were added only checks new pairs.
+_V2 = """
+        CREATE TABLE dedup_members (
+            row INTEGER PRIMARY KEY,
+            group_id INTEGER NOT NULL,          -- the representative's row
+            representative INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('exact', 'near')),  -- relative to the representative
+            distance INTEGER NOT NULL,          -- pHash bits from the representative (exact: 0)
+            join_distance INTEGER NOT NULL      -- pHash bits of the pair that joined it to the group
+        );
+        CREATE INDEX dedup_members_group ON dedup_members (group_id);
+        CREATE TABLE dedup_pairs (
+            a TEXT NOT NULL,                    -- sha256, a < b
+            b TEXT NOT NULL,
+            version INTEGER NOT NULL,           -- of the check (thumbcheck.VERSION)
+            similarity REAL NOT NULL,
+            PRIMARY KEY (a, b)
+        ) WITHOUT ROWID;
+"""
+
 # MIGRATIONS[i] is the SQL script that moves a catalog from schema i to i + 1.
-MIGRATIONS: list[str] = [_V1]
+MIGRATIONS: list[str] = [_V1, _V2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +255,7 @@ class Catalog:
         with self.transaction():
             self.db.execute("DELETE FROM items")
             self.db.execute("DELETE FROM shards")
+            self.db.execute("DELETE FROM dedup_members")  # stale groups; dedup_pairs stay valid
             self.db.execute("DELETE FROM meta")
 
     # --- reading -------------------------------------------------------------------------

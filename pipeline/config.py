@@ -47,8 +47,16 @@ class FetchOptions:
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT
     respect_opt_out: bool = True
+    # SSRF guard (see pipeline/netguard.py): by default only globally routable addresses.
+    allow_private: bool = False  # also connect to loopback, private, link-local, ...
+    allow_hosts: tuple[str, ...] = ()  # names or IPs exempt from the guard
+    insecure_hosts: tuple[str, ...] = ()  # names or IPs whose TLS certificate is not verified
 
     def __post_init__(self) -> None:
+        for name in ("allow_hosts", "insecure_hosts"):
+            hosts = tuple(h.strip().lower().strip("[]") for h in getattr(self, name))
+            _require(all(hosts), f"--{name[:-1].replace('_', '-')} must not be empty")
+            object.__setattr__(self, name, hosts)
         _require(self.concurrency >= 1, "--concurrency must be at least 1")
         _require(self.per_host >= 1, "--per-host must be at least 1")
         _require(self.timeout > 0, "--timeout must be positive")
@@ -94,9 +102,14 @@ def default_procs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def is_url(out: str | os.PathLike[str]) -> bool:
+    """``s3://bucket/run``, ``memory://x``: an fsspec URL rather than a local path."""
+    return isinstance(out, str) and "://" in out and not out.startswith("file://")
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
-    out: Path
+    out: Path | str  # a local folder, or an fsspec URL (s3://, gs://, memory://) kept as str
     procs: int = field(default_factory=default_procs)
     shard_size: int = 500
     # Pillow threads per worker (it releases the GIL; see ARCHITECTURE.md). One per process
@@ -108,17 +121,30 @@ class RunConfig:
     retry_failed: bool = False
     force: bool = False
     max_failure_rate: float = 1.0
+    catalog: Path | None = None  # None: OUT/catalog.sqlite (required when OUT is a URL)
+    num_workers: int = 1  # static partitioning: this run takes shards with
+    worker_index: int = 0  # shard_id % num_workers == worker_index
     fetch: FetchOptions = field(default_factory=FetchOptions)
     process: ProcessOptions = field(default_factory=ProcessOptions)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))
+        # Path("s3://b/x") would collapse the "//"; a URL stays a string.
+        object.__setattr__(self, "out", self.out.rstrip("/") if is_url(self.out) else Path(self.out))
         _require(self.procs >= 1, "--procs must be at least 1")
         _require(self.shard_size >= 1, "--shard-size must be at least 1")
         _require(self.cpu_threads >= 1, "--cpu-threads must be at least 1")
         _require(0.0 <= self.max_failure_rate <= 1.0, "--max-failure-rate must be between 0 and 1")
+        _require(self.num_workers >= 1, "--num-workers must be at least 1")
+        _require(0 <= self.worker_index < self.num_workers, "--worker-index must be in 0 .. --num-workers - 1")
+        if self.catalog is not None:
+            object.__setattr__(self, "catalog", Path(self.catalog))
         if self.local_root is not None:
             object.__setattr__(self, "local_root", Path(self.local_root).resolve())
+
+    @property
+    def partition(self) -> str | None:
+        """``"3-of-8"`` when this run is one static partition, else None."""
+        return f"{self.worker_index}-of-{self.num_workers}" if self.num_workers > 1 else None
 
     def fingerprint_options(self) -> dict[str, object]:
         """Options whose change would make earlier rows disagree with later ones."""

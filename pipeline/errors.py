@@ -13,6 +13,7 @@ Two kinds of failure live here and they never mix:
     │   └── ResumeRefused       OUT holds a run of another manifest or other options
     ├── CatalogError            the SQLite catalog is unusable (corrupt, newer schema)
     ├── StorageError            OUT cannot be written (disk full, read-only, permissions)
+    ├── DedupError              nothing to deduplicate, or thumbnails to check are missing
     └── ItemError               one item failed; caught at the stage edge, never escapes a shard
         └── carries an ErrorClass
 
@@ -78,6 +79,10 @@ class CatalogError(PipelineError):
 
 class StorageError(PipelineError):
     """OUT cannot be written: fatal for the run, because every later item would fail too."""
+
+
+class DedupError(PipelineError):
+    """``pipeline dedup`` cannot group this run: no processed images, or missing thumbnails."""
 
 
 class ItemError(PipelineError):

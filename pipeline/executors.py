@@ -14,8 +14,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
-from pipeline.config import RunConfig
-from pipeline.errors import PipelineError
+from pipeline.config import RunConfig, default_procs
+from pipeline.errors import PipelineError, UsageError
 from pipeline.models import Shard, ShardReport
 from pipeline.worker import failed_report, init_worker, run_shard
 
@@ -119,3 +119,19 @@ class LocalExecutor:
                 process.kill()
         for process in processes:
             process.join(timeout=5)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str, *, procs: int | None = None, ray_address: str | None = None) -> ShardExecutor:
+    """The executor called ``name``: ``local`` (the default) or ``ray`` (needs ``pipeline[ray]``)."""
+    if name == "local":
+        if ray_address is not None:
+            raise UsageError("--ray-address needs --executor ray")
+        return LocalExecutor(procs or default_procs())
+    if name == "ray":
+        from pipeline.ray_executor import RayExecutor  # the only module that imports ray
+
+        return RayExecutor(address=ray_address, num_cpus=procs)
+    raise UsageError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")

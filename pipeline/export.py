@@ -23,16 +23,25 @@ _INTERNAL = ("shard_id", "thumbnails", "extra", "updated_at")
 _BATCH = 10_000
 
 
-def export(out: str | Path, dest: str | Path | None = None, *, format: str = "csv") -> int:
+# One row per distinct image: ok rows that are no group's non-representative member.
+_UNIQUE = "status = 'ok' AND row NOT IN (SELECT row FROM dedup_members WHERE row != representative)"
+
+
+def export(
+    out: str | Path, dest: str | Path | None = None, *, format: str = "csv", unique: bool = False
+) -> int:
     """Write the catalog of ``out`` to ``dest`` (``None`` or ``-``: standard output).
 
+    ``unique``: only one row per distinct image (needs ``pipeline dedup`` first).
     Returns the number of rows written.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
     with Catalog(Path(out) / CATALOG_NAME, readonly=True) as catalog:
+        if unique and catalog.get_meta("dedup") is None:
+            raise UsageError(f"--unique needs duplicate groups: run `pipeline dedup {out}` first")
         columns = export_columns(catalog)
-        records = (flatten(row, columns) for row in catalog.iter_items())
+        records = (flatten(row, columns) for row in catalog.iter_items(_UNIQUE if unique else ""))
         if format == "parquet":
             if dest is None or str(dest) == "-":
                 raise UsageError("Parquet goes to a file: give --output FILE")

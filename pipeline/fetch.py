@@ -13,6 +13,19 @@ Per attempt::
                    └─other 3xx/4xx──► fail at once
 
 Connect errors, timeouts and truncated bodies are retried too; everything else is final.
+
+Guards that hold for every hop of a redirect chain, not just the manifest's URL:
+
+* SSRF: addresses are checked where they are final (the resolver's answer for a name, the
+  socket about to connect for an IP literal) against ``pipeline.netguard``; a refusal is
+  ``blocked``. ``--allow-private`` / ``--allow-host`` opt out.
+* Only http(s) (aiohttp refuses other schemes on redirect; we map that to ``redirect``).
+* Credentials: aiohttp drops Authorization and Cookie when a redirect changes origin, and
+  the session keeps no cookie jar, so nothing a server sets travels anywhere.
+* TLS is verified except for hosts named in ``--insecure-host``; a redirect from such a host
+  to another host is refused rather than followed unverified.
+* Host cool-down: a 429/503 with Retry-After holds every URL of that host in this session
+  (clamped by ``--max-retry-after``), not just the one that was told to wait.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import errno
 import random
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timezone
@@ -30,10 +44,13 @@ from http import HTTPStatus
 from types import SimpleNamespace
 
 import aiohttp
+import aiohttp.abc
+from yarl import URL
 
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
 from pipeline.models import FetchResult
+from pipeline.netguard import AddressPolicy
 
 __all__ = ["fetch_url", "make_session", "opted_out", "parse_retry_after", "retry_delay"]
 
@@ -54,10 +71,13 @@ Sleep = Callable[[float], Awaitable[object]]
 
 def make_session(options: FetchOptions) -> aiohttp.ClientSession:
     """One session per shard job; call it inside the running loop that will use it."""
+    guard = _Guard(AddressPolicy(options.allow_private, frozenset(options.allow_hosts)))
     connector = aiohttp.TCPConnector(
         limit=options.concurrency,
         limit_per_host=options.per_host,
         ttl_dns_cache=300,
+        resolver=_GuardedResolver(guard),
+        socket_factory=guard.socket_factory,
     )
     # total=None: aiohttp's `total`/`connect` also count the wait for a pool slot, so a host
     # capped at `per_host` connections would time out its own queue. The per-attempt deadline
@@ -65,7 +85,7 @@ def make_session(options: FetchOptions) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=options.connect_timeout, sock_read=options.read_timeout
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
         # identity + no auto-decompression: the body we count against max_bytes is the body we
@@ -77,6 +97,8 @@ def make_session(options: FetchOptions) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         trace_configs=[_trace_config()],
     )
+    _COOLDOWNS[session] = _Cooldowns()
+    return session
 
 
 def _trace_config() -> aiohttp.TraceConfig:
@@ -96,9 +118,30 @@ def _trace_config() -> aiohttp.TraceConfig:
         if deadline is not None and not deadline.expired():
             deadline.reschedule(asyncio.get_running_loop().time() + ctx.trace_request_ctx.timeout)
 
+    async def redirect(
+        _session: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestRedirectParams
+    ) -> None:
+        ref = getattr(ctx, "trace_request_ctx", None)
+        if not isinstance(ref, _DeadlineRef):
+            return
+        try:
+            target = params.url.join(URL(params.response.headers.get("Location", "")))
+        except ValueError:
+            return  # aiohttp itself rejects the malformed Location next
+        # Recorded now, so that a hop that then fails (blocked, refused) says where it went.
+        ref.progress.http_status = params.response.status
+        ref.progress.redirects += 1
+        ref.progress.final_url = str(target)
+        # aiohttp reuses the first request's ssl=False for every hop; verification may only
+        # be skipped for the hosts the user named.
+        host = (target.host or "").lower()
+        if ref.insecure_hosts and target.scheme == "https" and host not in ref.insecure_hosts:
+            raise _RedirectRefused(f"redirect from an --insecure-host to {target.host}, which is verified")
+
     trace = aiohttp.TraceConfig()
     trace.on_connection_queued_start.append(queued_start)
     trace.on_connection_queued_end.append(queued_end)
+    trace.on_request_redirect.append(redirect)
     return trace
 
 
@@ -108,11 +151,116 @@ class _DeadlineRef:
 
     deadline: asyncio.Timeout
     timeout: float
+    progress: _Progress
+    insecure_hosts: tuple[str, ...] = ()  # set only when this request skips TLS verification
 
 
 def _deadline_of(ctx: SimpleNamespace) -> asyncio.Timeout | None:
     ref = getattr(ctx, "trace_request_ctx", None)
     return ref.deadline if isinstance(ref, _DeadlineRef) else None
+
+
+class _RedirectRefused(Exception):
+    """Raised from the redirect hook; becomes a ``redirect`` failure."""
+
+
+# ---------------------------------------------------------------------------------------------
+# SSRF guard: applied to the addresses actually connected to
+
+
+class _Blocked(OSError):
+    """An address the policy refuses; raised inside aiohttp's connect, found in `_classify`."""
+
+
+class _Guard:
+    """The session's address policy plus the addresses of exempt hosts already resolved."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        # Addresses that --allow-host names resolved to: the socket hook sees only the address.
+        self.approved: set[str] = set()
+
+    def admit(self, host: str, address: str) -> str | None:
+        """The refusal message for connecting to ``address`` as ``host``, or None."""
+        refusal = self.policy.refusal(host, address)
+        if refusal is None and not self.policy.allow_private and self.policy.host_exempt(host):
+            self.approved.add(address)
+        return refusal
+
+    def socket_factory(self, addr_info: tuple) -> socket.socket:  # type: ignore[type-arg]
+        """aiohttp's last step before connect(); IP-literal URLs skip the resolver, not this."""
+        family, type_, proto, _, sockaddr = addr_info
+        address = str(sockaddr[0])
+        if address not in self.approved and (refusal := self.admit(address, address)):
+            raise _Blocked(errno.EACCES, refusal)
+        return socket.socket(family, type_, proto)
+
+
+class _GuardedResolver(aiohttp.abc.AbstractResolver):
+    """The default resolver, minus the answers the policy refuses (all refused: blocked)."""
+
+    def __init__(self, guard: _Guard) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+        self._guard = guard
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        refusals = [self._guard.admit(host, answer["host"]) for answer in answers]
+        kept = [answer for answer, refusal in zip(answers, refusals) if refusal is None]
+        if answers and not kept:
+            raise _Blocked(errno.EACCES, refusals[0])
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _blocked_in(exc: BaseException) -> _Blocked | None:
+    """The `_Blocked` under aiohttp's wrapping (os_error / __cause__), if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None or isinstance(seen, _Blocked):
+            return seen
+        seen = getattr(seen, "os_error", None) or seen.__cause__
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Host cool-down
+
+
+class _Cooldowns:
+    """Per session: until when (loop time) each host asked us, via Retry-After, to wait."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    @staticmethod
+    def _key(url: str) -> str | None:
+        try:
+            u = URL(url)
+        except (ValueError, TypeError):
+            return None
+        return f"{u.host}:{u.port}" if u.host else None
+
+    def hold(self, url: str, seconds: float) -> None:
+        key = self._key(url)
+        if key is None or seconds <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        # Forget hosts that cooled down, so a long shard's dict stays small.
+        self._until = {k: t for k, t in self._until.items() if t > now}
+        self._until[key] = max(self._until.get(key, 0.0), now + seconds)
+
+    def remaining(self, url: str) -> float:
+        key = self._key(url)
+        until = self._until.get(key, 0.0) if key is not None else 0.0
+        return max(0.0, until - asyncio.get_running_loop().time())
+
+
+_COOLDOWNS: weakref.WeakKeyDictionary[aiohttp.ClientSession, _Cooldowns] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,8 +307,14 @@ async def fetch_url(
     """Fetch one URL, retrying transient failures. Never raises for a per-item failure."""
     rng = rng or _RNG
     started = time.perf_counter()
+    cooldowns = _COOLDOWNS.get(session)
     attempts = 0
+    delay = 0.0
     while True:
+        # One wait per attempt: the backoff, or longer if the host is cooling down.
+        wait = max(delay, cooldowns.remaining(url) if cooldowns is not None else 0.0)
+        if wait > 0:
+            await sleep(wait)
         try:
             outcome = await _attempt(session, url, options)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: still data, never a crashed shard
@@ -170,9 +324,11 @@ async def fetch_url(
                 error_message=f"unexpected {type(exc).__name__}: {_short(exc)}",
             )
         attempts += 1
+        if outcome.retry_after is not None and cooldowns is not None:
+            cooldowns.hold(outcome.progress.final_url, min(outcome.retry_after, options.max_retry_after))
         if not outcome.retry or attempts > options.retries:
             break
-        await sleep(retry_delay(attempts - 1, outcome.retry_after, options, rng))
+        delay = retry_delay(attempts - 1, outcome.retry_after, options, rng)
     progress = outcome.progress
     return FetchResult(
         final_url=progress.final_url,
@@ -205,6 +361,7 @@ def retry_delay(
 async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptions) -> _Outcome:
     progress = _Progress(final_url=url)
     deadline = asyncio.timeout(options.timeout)
+    insecure = _host_of(url) in options.insecure_hosts
     try:
         # aiohttp raises TooManyRedirects once it has *received* max_redirects redirects,
         # so +1 lets exactly `options.max_redirects` hops through (and 0 lets none).
@@ -213,7 +370,10 @@ async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptio
             session.get(
                 url,
                 max_redirects=options.max_redirects + 1,
-                trace_request_ctx=_DeadlineRef(deadline, options.timeout),
+                ssl=not insecure,
+                trace_request_ctx=_DeadlineRef(
+                    deadline, options.timeout, progress, options.insecure_hosts if insecure else ()
+                ),
             ) as resp,
         ):
             return await _read_response(resp, options, progress)
@@ -293,6 +453,10 @@ def _classify(exc: Exception, progress: _Progress, options: FetchOptions, *, dea
     def fail(error_class: ErrorClass, message: str, *, retry: bool = False) -> _Outcome:
         return _Outcome(progress, error_class=error_class, error_message=message, retry=retry)
 
+    if blocked := _blocked_in(exc):
+        return fail(ErrorClass.BLOCKED, blocked.strerror or str(blocked))
+    if isinstance(exc, _RedirectRefused):
+        return fail(ErrorClass.REDIRECT, str(exc))
     if isinstance(exc, aiohttp.TooManyRedirects):
         if exc.history:
             progress.final_url = str(exc.history[-1].url)
@@ -381,6 +545,13 @@ def opted_out(values: list[str] | tuple[str, ...], user_agent: str) -> bool:
 def _product_token(user_agent: str) -> str:
     """'pipeline/0.1.0 (image downloader...)' → 'pipeline'."""
     return user_agent.strip().split("/", 1)[0].split(None, 1)[0].lower()
+
+
+def _host_of(url: str) -> str:
+    try:
+        return (URL(url).host or "").lower()
+    except (ValueError, TypeError):
+        return ""
 
 
 def _mime(content_type: str | None) -> str | None:

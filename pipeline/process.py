@@ -219,6 +219,21 @@ def _bits_to_hex(bits: np.ndarray) -> str:
     return np.packbits(bits.ravel()).tobytes().hex()
 
 
+def thumbnail_pixels(path: str, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image file at ``path`` as ``side`` x ``side`` grayscale floats and an 8x8 RGB grid.
+
+    The grid comes as 64 rows of (R, G, B). Aspect ratio is not kept: both serve ``dedup``'s
+    thumbnail check, which compares pictures at the same relative positions. ``OSError``
+    (missing or unreadable file) propagates for the caller to report.
+    """
+    with Image.open(path) as im:
+        im.draft("RGB", (side, side))
+        rgb = im.convert("RGB")
+    gray = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float64)
+    grid = np.asarray(rgb.resize((8, 8), Image.Resampling.BOX), np.float64).reshape(64, 3)
+    return gray, grid
+
+
 # -- decode ----------------------------------------------------------------------------------
 
 
@@ -402,7 +417,9 @@ def _unidentified(data: bytes, formats: tuple[str, ...]) -> ItemError:
         return ItemError(ErrorClass.NOT_IMAGE, f"{description}; format not allowed ({_allowed(formats)})")
     # The magic says an allowed image format but no decoder accepts the header.
     if _looks_truncated(sniffed, data):
-        return ItemError(ErrorClass.TRUNCATED, f"{sniffed} file cut short before its header ends ({len(data)} bytes)")
+        return ItemError(
+            ErrorClass.TRUNCATED, f"{sniffed} file cut short before its header ends ({len(data)} bytes)"
+        )
     return ItemError(ErrorClass.DECODE_ERROR, f"{sniffed} file with an unreadable header")
 
 
@@ -516,7 +533,7 @@ def fit_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def _hash_step(sizes: tuple[int, ...]) -> int:
-    return HASH_SIZE if max(sizes) >= HASH_SIZE else max(sizes)
+    return min(HASH_SIZE, max(sizes))
 
 
 def _chain(sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -551,7 +568,9 @@ def _make_thumbnails(
     return tuple(thumbnails), hash_source
 
 
-def _resize(im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None) -> Image.Image:
+def _resize(
+    im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None
+) -> Image.Image:
     if im.size == size and box is None:
         return im
     # ``box``: a JPEG draft decodes to ceil(W / scale) pixels of which W / scale are

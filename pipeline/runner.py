@@ -9,6 +9,7 @@ the CLI, a notebook or a script can show it however they like.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,13 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.config import FetchOptions, ProcessOptions, RunConfig
-from pipeline.errors import ResumeRefused, UsageError
+from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
+from pipeline.errors import PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.executors import LocalExecutor, ShardExecutor
-from pipeline.manifest import ManifestSpec, default_out, extra_columns, identity, open_manifest, read_rows
+from pipeline.limits import fit_open_files
+from pipeline.manifest import (
+    ManifestSpec,
+    count_rows,
+    default_out,
+    extra_columns,
+    identity,
+    open_manifest,
+    read_rows,
+)  # fmt: skip
 from pipeline.models import Shard, ShardReport, Status
-from pipeline.shards import iter_shards, keep_rows, skip_done
-from pipeline.store import Store
+from pipeline.shards import iter_shards, keep_rows
+from pipeline.store import open_store
 
 
 @dataclass(slots=True)
@@ -31,6 +41,8 @@ class Progress:
     """Counts for this invocation, updated after every committed shard."""
 
     rows: int = 0
+    rows_before: int = 0  # committed by earlier runs of the same manifest
+    rows_total: int | None = None  # estimated in the background, for a progress bar
     by_status: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     shards_done: int = 0
@@ -49,6 +61,13 @@ class Progress:
     def failed(self) -> int:
         return self.rows - self.ok
 
+    @property
+    def fraction(self) -> float | None:
+        """Share of the manifest in the catalog, once the total is known."""
+        if not self.rows_total:
+            return None
+        return min(1.0, (self.rows_before + self.rows) / self.rows_total)
+
     def rate(self) -> float:
         """Rows per second over this invocation."""
         return self.rows / self.elapsed if self.elapsed > 0 else 0.0
@@ -56,7 +75,7 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    out: Path
+    out: Path | str
     catalog: Path
     rows: int  # rows in the catalog (this run and earlier ones)
     by_status: dict[str, int]
@@ -94,11 +113,11 @@ def run(
         key_column=options.get("key_column", "key"),
         local_root=options.get("local_root"),
     )
-    config = build_config(Path(out) if out is not None else default_out(spec), **options)
+    config = build_config(os.fspath(out) if out is not None else default_out(spec), **options)
     return run_config(spec, config, on_progress=on_progress, executor=executor)
 
 
-def build_config(out: Path, **options: Any) -> RunConfig:
+def build_config(out: Path | str, **options: Any) -> RunConfig:
     """Sort flat keyword options into RunConfig / FetchOptions / ProcessOptions."""
     groups: dict[type, dict[str, Any]] = {RunConfig: {}, FetchOptions: {}, ProcessOptions: {}}
     for name, value in options.items():
@@ -125,24 +144,77 @@ def run_config(
 ) -> RunSummary:
     if config.local_root is None and spec.local_root is not None:
         config = replace(config, local_root=spec.local_root)
-    config.out.mkdir(parents=True, exist_ok=True)
-    store = Store(config.out)
+    config = fit_open_files(config)
+    catalog_file = catalog_path(config)
+    if isinstance(config.out, Path):
+        _make_out(config.out)
+    _make_out(catalog_file.parent)
+    store = open_store(config.out, partition=config.partition)
     store.clear_temp()  # leftovers of a killed run: never visible as finished files
     progress = Progress()
-    with Catalog(config.out / CATALOG_NAME) as catalog:
+    with Catalog(catalog_file) as catalog:
         _check_fingerprint(catalog, spec, config)
+        progress.rows_before = catalog.summary().rows
+        if config.partition is None:
+            _estimate_total_in_background(spec, progress)
+        else:  # a partition runs ~1/N of the rows: no exact total to show
+            catalog.set_meta("partition", {"num_workers": config.num_workers, "worker_index": config.worker_index})
         extras = extra_columns(spec)
         shards = _todo(catalog, spec, config, progress)
         executor = executor or LocalExecutor(config.procs)
+        reports = executor.run(shards, config)
         try:
-            for report in executor.run(shards, config):
+            for report in reports:
                 catalog.write_shard(report, extra_columns=extras + _jsonl_extras(report, extras))
                 _count(progress, report)
                 if on_progress is not None:
                     on_progress(progress)
         finally:
+            # Stop the workers *before* clearing their temp files: a Ctrl-C that lands here
+            # (not inside the executor) would otherwise leave them writing until collected.
+            if hasattr(reports, "close"):
+                reports.close()
             store.clear_temp()
         return _summary(catalog, config, progress)
+
+
+def catalog_path(config: RunConfig) -> Path:
+    """Where the driver keeps the catalog: always a local file, never on an object store.
+
+    ``--catalog`` if given; else beside OUT: ``OUT/catalog.sqlite``, or
+    ``OUT/catalog-<i>-of-<n>.sqlite`` for a static partition (``pipeline merge`` combines them).
+    """
+    if str(config.out).startswith("memory://"):
+        # fsspec's memory filesystem lives inside one process: worker processes would write
+        # into their own memory and the files would vanish while the catalog lists them.
+        raise UsageError("--out memory://… is private to each process; use a folder or s3://, gs://")
+    if config.catalog is not None:
+        return config.catalog
+    if is_url(config.out):
+        raise UsageError(f"--out {config.out} is not a local folder: give --catalog PATH for the SQLite catalog")
+    assert isinstance(config.out, Path)
+    if config.partition is not None:
+        return config.out / f"catalog-{config.partition}.sqlite"
+    return config.out / CATALOG_NAME
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
+
+
+def _estimate_total_in_background(spec: ManifestSpec, progress: Progress) -> None:
+    """Count the manifest's rows on a thread: a bar is nice, but never worth a wait."""
+
+    def count() -> None:
+        try:
+            progress.rows_total = count_rows(spec)
+        except (OSError, PipelineError, EOFError, ValueError):
+            pass  # the bar stays without a total; the run itself reports real problems
+
+    threading.Thread(target=count, name="pipeline-count-rows", daemon=True).start()
 
 
 def _fingerprint(spec: ManifestSpec, config: RunConfig) -> dict[str, Any]:
@@ -178,16 +250,23 @@ def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Pro
     """The shards this invocation must run, streamed; records the total once it is known."""
     done = catalog.done_shards()
     failed = catalog.failed_rows_by_shard() if config.retry_failed else {}
-    total = 0
+    total = mine = 0
     for shard in iter_shards(read_rows(spec), config.shard_size):
         total += 1
+        # Static partitioning: the same deterministic ids on every machine, so each takes
+        # its residue class and none overlaps (every partition still reads the manifest).
+        if shard.shard_id % config.num_workers != config.worker_index:
+            continue
+        mine += 1
         if shard.shard_id not in done:
             yield shard
         elif config.retry_failed and shard.shard_id in failed:
             yield from keep_rows([shard], failed.get)
         else:
             progress.shards_skipped += 1
-    catalog.set_meta("total_shards", total)
+    catalog.set_meta("total_shards", mine)
+    if config.partition is not None:
+        catalog.set_meta("manifest_shards", total)  # what the merged catalog will expect
 
 
 def _jsonl_extras(report: ShardReport, known: tuple[str, ...]) -> tuple[str, ...]:

@@ -6,6 +6,10 @@ manifest text, so no input can steer a write outside OUT)::
     OUT/originals/<sha[:2]>/<sha>.<ext>
     OUT/thumbs/<size>/<sha[:2]>/<sha>.<ext>
     OUT/.tmp/                   in-flight writes; emptied by clear_temp() at run start/end
+    OUT/.tmp/<i>-of-<n>/        the same for static partition i of n (partitions share OUT)
+
+When OUT is an fsspec URL (s3://, gs://, memory://), ``open_store`` returns the
+``FsspecStore`` of ``pipeline/remote_store.py`` instead: same names, same interface.
 
 Writes are atomic: bytes go to a uniquely named file in ``OUT/.tmp/`` (same filesystem as
 the target, so ``os.replace`` is a rename) and are renamed into place only when complete.
@@ -36,6 +40,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from pipeline.config import is_url
 from pipeline.errors import StorageError
 
 TMP_DIR = ".tmp"
@@ -67,18 +72,31 @@ def _check_ext(ext: str) -> str:
     return ext
 
 
+def open_store(out: Path | str, *, partition: str | None = None) -> Store:
+    """The store for OUT: local files, or (OUT an fsspec URL) objects written through fsspec.
+
+    ``partition`` (``"3-of-8"``) gives a static partition its own temp folder, so partitions
+    sharing OUT never clear each other's in-flight files.
+    """
+    if is_url(out):
+        from pipeline.remote_store import FsspecStore  # fsspec is an extra: pipeline[s3]
+
+        return FsspecStore(str(out))
+    return Store(Path(out), temp=f"{TMP_DIR}/{partition}" if partition else TMP_DIR)
+
+
 class Store:
     """Content-addressed files under ``root`` (the run's OUT folder).
 
     Thread-safe and cheap to construct; it holds no open files. Create one per process.
     """
 
-    __slots__ = ("root", "fsync", "_tmp", "_made_dirs")
+    __slots__ = ("_made_dirs", "_tmp", "fsync", "root")
 
-    def __init__(self, root: Path, *, fsync: bool = False) -> None:
+    def __init__(self, root: Path, *, fsync: bool = False, temp: str = TMP_DIR) -> None:
         self.root = Path(root)
         self.fsync = fsync
-        self._tmp = self.root / TMP_DIR
+        self._tmp = self.root / temp
         # Folders known to exist: saves a mkdir syscall per file. A set is safe to share
         # between threads here (worst case two threads both mkdir with exist_ok).
         self._made_dirs: set[Path] = set()

@@ -28,7 +28,7 @@ from pipeline.admission import Admission
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import ErrorClass, ItemError, StorageError
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
-from pipeline.store import Store
+from pipeline.store import Store, open_store
 
 # aiohttp, Pillow and numpy are imported by the functions that run in the worker, not here:
 # the parent imports this module only to name ``run_shard``, and importing them there cost
@@ -54,7 +54,7 @@ def run_shard(shard: Shard, config: RunConfig) -> ShardReport:
     Raises ``StorageError`` when OUT cannot be written: every later item would fail too.
     """
     started = time.perf_counter()
-    store = Store(config.out)
+    store = open_store(config.out, partition=config.partition)
     pool = _cpu_pool(config.cpu_threads)
     report = _loop().run(_run(shard, config, store, pool))
     report.elapsed_s = time.perf_counter() - started

@@ -29,7 +29,7 @@ def _report(shard_id: int, rows: range, failed: set[int] = frozenset()) -> Shard
 
 def test_write_shard_commits_rows_and_done_mark_together(tmp_path: Path) -> None:
     with Catalog(tmp_path / "c.sqlite") as cat:
-        cat.write_shard(_report(0, range(0, 10), failed={3}), extra_columns=("caption",))
+        cat.write_shard(_report(0, range(10), failed={3}), extra_columns=("caption",))
         cat.write_shard(_report(2, range(20, 25)))
         assert cat.done_shards() == {0, 2}
         assert cat.failed_rows_by_shard() == {0: frozenset({3})}
@@ -56,7 +56,7 @@ def test_a_failing_shard_write_leaves_nothing_behind(tmp_path: Path) -> None:
 
 def test_retry_report_replaces_rows_and_recounts_the_shard(tmp_path: Path) -> None:
     with Catalog(tmp_path / "c.sqlite") as cat:
-        cat.write_shard(_report(0, range(0, 5), failed={1, 2}))
+        cat.write_shard(_report(0, range(5), failed={1, 2}))
         cat.write_shard(_report(0, range(1, 3)))  # --retry-failed brought back rows 1 and 2 as ok
         assert cat.summary().by_status == {"ok": 5}
         assert tuple(cat.db.execute("SELECT rows, ok, failed FROM shards").fetchone()) == (5, 5, 0)

@@ -7,7 +7,15 @@ import pickle
 import pytest
 
 from pipeline.errors import (
-    CatalogError, ErrorClass, ItemError, ManifestError, PipelineError, ResumeRefused, StorageError, UsageError,
+    CatalogError,
+    DedupError,
+    ErrorClass,
+    ItemError,
+    ManifestError,
+    PipelineError,
+    ResumeRefused,
+    StorageError,
+    UsageError,
 )  # fmt: skip
 
 
@@ -20,6 +28,7 @@ from pipeline.errors import (
         ResumeRefused("other manifest", ("manifest.sha256",)),
         CatalogError("corrupt"),
         StorageError("disk full"),
+        DedupError("no images"),
         ItemError(ErrorClass.HTTP_4XX, "HTTP 404 Not Found", 404),
     ],
 )

@@ -17,12 +17,12 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
+from conftest import self_signed_tls
 from werkzeug import Request, Response
 from werkzeug.datastructures import Headers
 
@@ -33,7 +33,7 @@ from pipeline.models import FetchResult
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = FetchOptions(retries=2, backoff_base=0.01, backoff_max=0.05, timeout=5.0)
+FAST = FetchOptions(retries=2, backoff_base=0.01, backoff_max=0.05, timeout=5.0, allow_private=True)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
 
 
@@ -518,14 +518,7 @@ def test_unresolvable_host_is_dns_without_retry():
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_untrusted_certificate_is_tls_without_retry(tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-         "-days", "1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
+    server_tls = self_signed_tls(tmp_path)
 
     async def main() -> FetchResult:
         async with raw_server(_short_body_server([]), tls=server_tls) as url:

@@ -166,3 +166,15 @@ def test_resolve_source_never_raises_and_only_accepts_http_or_files_under_root(t
     assert (source == "") == (problem is not None)
     if problem is None:
         assert source.lower().startswith(("http://", "https://"))
+
+
+def test_count_rows_estimates_every_format(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("url\n" + "".join(f"http://a.test/{i}\n" for i in range(7)))
+    (tmp_path / "m.txt").write_text("http://a.test/1\nhttp://a.test/2")  # no final line break
+    with gzip.open(tmp_path / "m.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"url": f"http://a.test/{i}"}) + "\n" for i in range(5))
+    from pipeline.manifest import count_rows
+
+    assert count_rows(open_manifest(tmp_path / "m.csv")) == 7
+    assert count_rows(open_manifest(tmp_path / "m.txt")) == 2
+    assert count_rows(open_manifest(tmp_path / "m.jsonl.gz")) == 5

@@ -52,7 +52,7 @@ def test_cli_no_thumbnails_run(tmp_path: Path, server: HTTPServer) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"url\n{server.url_for('/a.jpg')}\n")
     out = tmp_path / "out"
-    args = ["run", str(manifest), "--out", str(out), "--procs", "1", "-q", "--no-thumbnails"]
+    args = ["run", str(manifest), "--out", str(out), "--allow-private", "--procs", "1", "-q", "--no-thumbnails"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     row = sqlite3.connect(out / "catalog.sqlite").execute(

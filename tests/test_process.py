@@ -79,7 +79,7 @@ def item_error(data: bytes, tmp_path: Path, options: ProcessOptions = PNG_OPTS) 
 
 
 def bits_apart(a: str, b: str) -> int:
-    return bin(int(a, 16) ^ int(b, 16)).count("1")
+    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
@@ -154,9 +154,16 @@ def test_hashes_survive_resize_and_recompression_not_rotation(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("size", "box", "expected"),
-    [((1000, 600), 256, (256, 154)), ((300, 1200), 256, (64, 256)), ((100, 80), 256, (100, 80)), ((256, 1), 16, (16, 1))],
+    [
+        ((1000, 600), 256, (256, 154)),
+        ((300, 1200), 256, (64, 256)),
+        ((100, 80), 256, (100, 80)),
+        ((256, 1), 16, (16, 1)),
+    ],
 )
-def test_fit_size_matches_pillow_thumbnail(size: tuple[int, int], box: int, expected: tuple[int, int]) -> None:
+def test_fit_size_matches_pillow_thumbnail(
+    size: tuple[int, int], box: int, expected: tuple[int, int]
+) -> None:
     assert fit_size(*size, box) == expected
     im = Image.new("L", size)
     im.thumbnail((box, box))
@@ -344,7 +351,10 @@ def test_empty_body(tmp_path: Path) -> None:
     [
         (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "HTML document"),
         (b"\n  <html><head><title>Login</title>", "HTML document"),
-        (bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)), "not a recognised image format"),
+        (
+            bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)),
+            "not a recognised image format",
+        ),
         (b"%PDF-1.7\n...", "PDF"),
         (b'{"error": "not found"}', "JSON"),
         (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
@@ -370,7 +380,9 @@ def test_unknown_format_names_are_ignored(tmp_path: Path) -> None:
     assert run(data, tmp_path, dataclasses.replace(PNG_OPTS, formats=("NOPE", "PNG"))).format == "PNG"
 
 
-@pytest.mark.parametrize(("fmt", "cut"), [("JPEG", 0.6), ("JPEG", 0.98), ("PNG", 0.5), ("GIF", 0.7), ("WEBP", 0.8)])
+@pytest.mark.parametrize(
+    ("fmt", "cut"), [("JPEG", 0.6), ("JPEG", 0.98), ("PNG", 0.5), ("GIF", 0.7), ("WEBP", 0.8)]
+)
 def test_truncated(tmp_path: Path, fmt: str, cut: float) -> None:
     data = encode(photo(400, 300, 15), fmt)
     error = item_error(data[: int(len(data) * cut)], tmp_path)
@@ -395,7 +407,9 @@ def _png_declaring(width: int, height: int) -> bytes:
     """A tiny, valid-looking grayscale PNG whose header claims width x height pixels."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 1000)

@@ -124,10 +124,9 @@ def test_atomic_path_renames_on_success(tmp_path: Path) -> None:
 def test_atomic_path_removes_temp_on_failure(tmp_path: Path) -> None:
     store = Store(tmp_path)
     rel = store.thumb_relpath(SHA, 256, "jpg")
-    with pytest.raises(RuntimeError, match="encoder broke"):
-        with store.atomic_path(rel) as tmp:
-            tmp.write_bytes(b"half a thum")
-            raise RuntimeError("encoder broke")
+    with pytest.raises(RuntimeError, match="encoder broke"), store.atomic_path(rel) as tmp:
+        tmp.write_bytes(b"half a thum")
+        raise RuntimeError("encoder broke")
     assert not (tmp_path / rel).exists()
     assert _tmp_entries(tmp_path) == []
 
@@ -179,9 +178,8 @@ def test_out_unwritable_is_storage_error(tmp_path: Path, monkeypatch: pytest.Mon
     rel = store.original_relpath(SHA, "jpg")
     with pytest.raises(StorageError, match=str(tmp_path)):
         store.write_bytes(rel, b"x")
-    with pytest.raises(StorageError):
-        with store.atomic_path(rel) as tmp:
-            tmp.write_bytes(b"x")
+    with pytest.raises(StorageError), store.atomic_path(rel) as tmp:
+        tmp.write_bytes(b"x")
     monkeypatch.undo()
     assert _tmp_entries(tmp_path) == []
     assert not store.exists(rel)
@@ -189,17 +187,16 @@ def test_out_unwritable_is_storage_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_disk_full_inside_the_writer_is_storage_error(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    with pytest.raises(StorageError, match="no space left"):
-        with store.atomic_path(store.thumb_relpath(SHA, 8, "png")):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    rel = store.thumb_relpath(SHA, 8, "png")
+    with pytest.raises(StorageError, match="no space left"), store.atomic_path(rel):
+        raise OSError(errno.ENOSPC, "No space left on device")
     assert _tmp_entries(tmp_path) == []
 
 
 def test_other_os_errors_propagate_unchanged(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    with pytest.raises(OSError) as info:
-        with store.atomic_path(store.thumb_relpath(SHA, 8, "png")):
-            raise OSError("encoder error -2")  # Pillow's encoder failures carry no errno
+    with pytest.raises(OSError) as info, store.atomic_path(store.thumb_relpath(SHA, 8, "png")):
+        raise OSError("encoder error -2")  # Pillow's encoder failures carry no errno
     assert not isinstance(info.value, StorageError)
 
 

@@ -1,0 +1,195 @@
+"""The thumbnail check that ``dedup`` runs on each near-duplicate candidate pair.
+
+Two stored thumbnails match when, at 32x32 grayscale, the mean of their intensity
+correlation and their edge (gradient magnitude) correlation reaches a threshold for the
+best of 76 alignments: the whole image, or 3.5%, 7% or 10.5% cut off each dimension at 25
+anchors, tried on either side of the pair (crops are the hashes' weak spot). Intensity
+alone scores an ellipse and a box of the same size alike; their edges do not. When both are
+in colour their 8x8 chroma grids must also agree, since grayscale structure confuses
+objects of another colour on the same plain background; a grayscale copy matches any.
+
+Cost: each thumbnail is decoded at most twice per batch (once for its whole view, once
+for its 76 crops, which an integral image samples in one numpy expression), and a pair
+costs two small matrix-vector products, so checking is linear in the number of pictures
+plus the number of pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DedupError
+from pipeline.process import thumbnail_pixels
+
+VERSION = 4  # bump when the check changes: cached verdicts of another version are ignored
+SIDE = 32
+_SOURCE = 128  # thumbnails are read at this size, then sampled
+_ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BOXES = np.array(
+    [(0.0, 0.0, 1.0, 1.0)]
+    + [
+        (ax * c, ay * c, ax * c + 1 - c, ay * c + 1 - c)
+        for c in (0.035, 0.07, 0.105)
+        for ax in _ANCHORS
+        for ay in _ANCHORS
+    ]
+)
+MIN_HUE = 0.85  # chroma-grid correlation two colour pictures need to be one picture
+_COLOURFUL = 4.0  # mean channel spread (0-255) above which a picture counts as in colour
+_NO_THUMBS = (
+    "restore the thumbnails (rerun `pipeline run` with --force), or pass --no-verify "
+    "to group on pHash and dHash alone"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Signature:
+    whole: np.ndarray  # the normalised whole view (intensity half, edge half)
+    mean: float  # grey level, for flat pictures whose views are all zero
+    tint: np.ndarray | None  # 8x8 RGB grid (64, 3) if the picture is in colour
+
+
+def box_views(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """Area-averaged ``side`` x ``side`` views of ``gray``, one row per fractional box.
+
+    Sums come from the integral image, interpolated bilinearly at fractional edges, which
+    is exact when pixels are constant squares: one numpy expression for every box.
+    """
+    h, w = gray.shape
+    integral = np.zeros((h + 1, w + 1))
+    integral[1:, 1:] = gray.cumsum(axis=0).cumsum(axis=1)
+    steps = np.linspace(0.0, 1.0, side + 1)
+    xs = (boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps) * w
+    ys = (boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps) * h
+    xi, yi = np.clip(xs.astype(np.int64), 0, w - 1), np.clip(ys.astype(np.int64), 0, h - 1)
+    fx, fy = (xs - xi)[:, None, :], (ys - yi)[:, :, None]
+    x, y = xi[:, None, :], yi[:, :, None]
+    at = (
+        (1 - fy) * (1 - fx) * integral[y, x]
+        + (1 - fy) * fx * integral[y, x + 1]
+        + fy * (1 - fx) * integral[y + 1, x]
+        + fy * fx * integral[y + 1, x + 1]
+    )
+    sums = at[:, 1:, 1:] - at[:, :-1, 1:] - at[:, 1:, :-1] + at[:, :-1, :-1]
+    area = (boxes[:, 2] - boxes[:, 0]) * w * (boxes[:, 3] - boxes[:, 1]) * h / (side * side)
+    return sums.reshape(len(boxes), side * side) / area[:, None]
+
+
+def normalize(views: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """Each view as one unit-length row: half zero-mean pixels, half gradient magnitudes.
+
+    A dot product of two rows is then the mean of the intensity and edge correlations.
+    """
+    img = views.reshape(-1, side, side)
+    gx, gy = np.diff(img, axis=2)[:, :-1, :], np.diff(img, axis=1)[:, :, :-1]
+    edges = np.sqrt(gx * gx + gy * gy).reshape(len(views), -1)
+    return (np.hstack([_unit(views), _unit(edges)]) / np.sqrt(2.0)).astype(np.float32)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    norm = np.sqrt((centred * centred).sum(axis=1, keepdims=True))
+    return np.where(norm > 1e-3 * rows.shape[1], centred / np.maximum(norm, 1e-9), 0.0)
+
+
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` without BLAS: OpenBLAS threads spin against each other on a busy machine
+    and made these small products 100x slower (measured on the 2-core CI box)."""
+    return np.einsum("ij,kj->ik", a, b, optimize=False)
+
+
+def is_colourful(grid: np.ndarray) -> bool:
+    return float(np.abs(grid - grid.mean(axis=1, keepdims=True)).mean()) >= _COLOURFUL
+
+
+def colour_agreement(ca: np.ndarray, cb: np.ndarray) -> float:
+    """Correlation of the chroma vectors (RGB minus its grey) of two 8x8 RGB grids.
+
+    Brightness, contrast and saturation changes scale those vectors but keep their
+    direction; another object colour turns them.
+    """
+    xa, xb = ca - ca.mean(axis=1, keepdims=True), cb - cb.mean(axis=1, keepdims=True)
+    return float((xa * xb).sum() / np.sqrt((xa * xa).sum() * (xb * xb).sum()))
+
+
+def _combine(a: _Signature, b: _Signature, structure: float) -> float:
+    if a.tint is not None and b.tint is not None and colour_agreement(a.tint, b.tint) < MIN_HUE:
+        return 0.0
+    if not a.whole.any() and not b.whole.any():  # both flat: same picture iff same grey level
+        return 1.0 if abs(a.mean - b.mean) < 8 else 0.0
+    return structure
+
+
+class ThumbnailCheck:
+    """Scores of content pairs (0..1), keyed by their SHA-256 pair; earlier verdicts reused."""
+
+    def __init__(self, out: Path, thumbs: dict[int, str | None], known: dict[tuple[str, str], float]) -> None:
+        self.out = out
+        self.thumbs = thumbs  # content row -> thumbnail path relative to OUT
+        self.known = known
+        self.new: dict[tuple[str, str], float] = {}
+        self.reused = 0
+        self.signatures: dict[int, _Signature] = {}
+
+    def score(self, row_a: int, sha_a: str, row_b: int, sha_b: str) -> float:
+        key = _key(sha_a, sha_b)
+        if key in self.known:
+            self.reused += 1
+            return self.known[key]
+        if key not in self.new:  # a pair outside the batch (two group seeds)
+            ca, cb = self._crops(row_a), self._crops(row_b)
+            structure = max(float(_products(cb, ca[:1]).max()), float(_products(ca, cb[:1]).max()))
+            self.new[key] = _combine(self.signature(row_a), self.signature(row_b), structure)
+        return self.new[key]
+
+    def score_batch(self, rows_a: list[int], shas_a: list[str], rows_b: list[int], shas_b: list[str]) -> None:
+        """Score every pair not known yet, reading each thumbnail at most twice."""
+        todo = [k for k in range(len(rows_a)) if _key(shas_a[k], shas_b[k]) not in self.known]
+        partners: dict[int, list[tuple[int, int]]] = {}
+        for k in todo:
+            partners.setdefault(rows_a[k], []).append((k, rows_b[k]))
+            partners.setdefault(rows_b[k], []).append((k, rows_a[k]))
+        for row in partners:
+            self.signature(row)
+        best = dict.fromkeys(todo, -1.0)
+        for row, pairs in partners.items():
+            crops = self._crops(row)
+            others = np.stack([self.signatures[other].whole for _, other in pairs])
+            for (k, _), value in zip(pairs, _products(others, crops).max(axis=1).tolist()):
+                best[k] = max(best[k], value)
+        for k in todo:
+            a, b = self.signatures[rows_a[k]], self.signatures[rows_b[k]]
+            self.new[_key(shas_a[k], shas_b[k])] = _combine(a, b, best[k])
+
+    def signature(self, row: int) -> _Signature:
+        if row not in self.signatures:
+            gray, rgb = self._pixels(row)
+            whole = box_views(gray, BOXES[:1])
+            self.signatures[row] = _Signature(
+                whole=normalize(whole)[0], mean=float(whole.mean()), tint=rgb if is_colourful(rgb) else None
+            )
+        return self.signatures[row]
+
+    def tint(self, row: int) -> np.ndarray | None:
+        return self.signature(row).tint
+
+    def _crops(self, row: int) -> np.ndarray:
+        return normalize(box_views(self._pixels(row)[0], BOXES))
+
+    def _pixels(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        rel = self.thumbs.get(row)
+        if not rel:
+            raise DedupError(f"row {row} has no thumbnail to check near duplicates on; {_NO_THUMBS}")
+        try:
+            return thumbnail_pixels(str(self.out / rel), _SOURCE)
+        except OSError as exc:
+            raise DedupError(
+                f"thumbnail {rel} of row {row} is missing or unreadable ({exc}); {_NO_THUMBS}"
+            ) from exc
+
+
+def _key(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
