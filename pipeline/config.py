@@ -163,3 +163,25 @@ class RunConfig:
             "max_bytes": self.fetch.max_bytes,
             "respect_opt_out": self.fetch.respect_opt_out,
         }
+
+
+# --- dedup (here, not in dedup.py, so the CLI can show defaults without importing numpy) ---
+
+KEEP = ("largest", "smallest-file", "first")
+CSV_NAME = "duplicates.csv"
+JSON_NAME = "duplicates.json"
+
+
+@dataclass(frozen=True, slots=True)
+class DedupOptions:
+    max_distance: int = 10  # pHash radius of the candidate search (1M hashes: ~40 s here)
+    keep: str = "largest"
+    verify: bool = True
+    max_sum: int = 40  # pHash + dHash distance of an accepted pair
+    min_similarity: float = 0.90  # thumbnail match (intensity + edges) of an accepted pair
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_distance <= 32:
+            raise UsageError("--max-distance must be between 0 and 32 (bits of a 64-bit hash)")
+        if self.keep not in KEEP:
+            raise UsageError(f"--keep must be one of {', '.join(KEEP)}")

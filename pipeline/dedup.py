@@ -36,28 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.errors import CatalogError, DedupError, UsageError
+from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions
+from pipeline.errors import CatalogError, DedupError
 from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement
 
-KEEP = ("largest", "smallest-file", "first")
-CSV_NAME = "duplicates.csv"
-JSON_NAME = "duplicates.json"
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
-
-
-@dataclass(frozen=True, slots=True)
-class DedupOptions:
-    max_distance: int = 10  # pHash radius of the candidate search (1M hashes: ~40 s here)
-    keep: str = "largest"
-    verify: bool = True
-    max_sum: int = 40  # pHash + dHash distance of an accepted pair
-    min_similarity: float = 0.90  # thumbnail match (intensity + edges) of an accepted pair
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.max_distance <= 32:
-            raise UsageError("--max-distance must be between 0 and 32 (bits of a 64-bit hash)")
-        if self.keep not in KEEP:
-            raise UsageError(f"--keep must be one of {', '.join(KEEP)}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -266,7 +266,9 @@ def test_sigkill_at_random_moments_then_rerun_completes(tmp_path: Path) -> None:
     """kill -9 of the whole process tree at a random moment, three times (seeds 1-3), each
     time resuming the same OUT; the last run completes. Files never change once written."""
     with RawServer({"/img": slow_images(0.1)}) as srv:
-        manifest = write_manifest(tmp_path, srv, 60)
+        # ~5 s of work in all (200 rows x 0.1 s / 4 in flight), more than the three kill moments
+        # add up to, so each kill lands mid-run however fast start-up gets.
+        manifest = write_manifest(tmp_path, srv, 200)
         out = tmp_path / "out"
         cmd = cli_cmd(manifest, out, "--procs", "2", "--shard-size", "3", "--concurrency", "2")
         seen: dict[Path, str] = {}
@@ -290,7 +292,7 @@ def test_sigkill_at_random_moments_then_rerun_completes(tmp_path: Path) -> None:
         assert killed >= 2  # the kills really landed mid-run
         final = run_cli(cmd)
         assert final.returncode == 0, final.stderr
-    assert_complete(out, 60)
+    assert_complete(out, 200)
     now = file_hashes(out)
     assert all(now[p] == digest for p, digest in seen.items())
 
