@@ -30,7 +30,7 @@ from typing import Any
 import click
 
 from pipeline import __version__
-from pipeline.catalog import CATALOG_NAME, Catalog
+from pipeline.catalog import Catalog, locate
 from pipeline.config import CSV_NAME as DUPLICATES_CSV
 from pipeline.config import (
     DEFAULT_USER_AGENT,
@@ -212,12 +212,15 @@ def run_command(
 
 
 @main.command("status")
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @_handle_errors
 def status_command(out: Path, as_json: bool) -> None:
-    """Counts by status and error class, and shards done, for the run in OUT."""
-    with Catalog(out / CATALOG_NAME, readonly=True) as catalog:
+    """Counts by status and error class, and shards done, for the run in OUT.
+
+    OUT is the run's folder, or its catalog file (for a run whose --out was a URL).
+    """
+    with Catalog(locate(out), readonly=True) as catalog:
         s = catalog.summary()
     if as_json:
         click.echo(json.dumps({
@@ -231,13 +234,16 @@ def status_command(out: Path, as_json: bool) -> None:
 
 
 @main.command("export")
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(exists=True, path_type=Path))
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write. [default: standard output]")
 @click.option("--unique", is_flag=True, help="One row per distinct image: group representatives and ungrouped images (after `pipeline dedup`).")
 @_handle_errors
 def export_command(out: Path, fmt: str, output: Path | None, unique: bool) -> None:
-    """One row per manifest row of the run in OUT, with every column the catalog holds."""
+    """One row per manifest row of the run in OUT, with every column the catalog holds.
+
+    OUT is the run's folder, or its catalog file (for a run whose --out was a URL).
+    """
     count = export(out, output, format=fmt, unique=unique)
     if output is not None:
         click.echo(f"{count:,} rows written to {output}", err=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.catalog import CATALOG_NAME, ITEM_COLUMNS, Catalog
+from pipeline.catalog import ITEM_COLUMNS, Catalog, locate
 from pipeline.errors import UsageError
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -37,7 +37,7 @@ def export(
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
-    with Catalog(Path(out) / CATALOG_NAME, readonly=True) as catalog:
+    with Catalog(locate(out), readonly=True) as catalog:
         if unique and catalog.get_meta("dedup") is None:
             raise UsageError(f"--unique needs duplicate groups: run `pipeline dedup {out}` first")
         columns = export_columns(catalog)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,13 @@ def test_run_to_s3_writes_the_same_objects_and_rows_as_a_local_run(
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert len(server.log) == hits
+
+    # status and export take the driver's catalog file when OUT is not a local folder.
+    status = runner.invoke(main, ["status", str(catalog), "--json"])
+    counts = json.loads(status.output)["by_status"]
+    assert status.exit_code == 0 and counts == {"ok": 6, "failed": 2, "invalid": 1}
+    exported = runner.invoke(main, ["export", str(catalog), "-f", "jsonl"]).output.splitlines()
+    assert [json.loads(line)["key"] for line in exported] == [r["key"] for r in catalog_rows(catalog)]
 
 
 def test_missing_bucket_stops_the_run(s3: Any, server: HTTPServer, tmp_path: Path) -> None:
