@@ -217,14 +217,22 @@ class Catalog:
     def done_shards(self) -> set[int]:
         return {r[0] for r in self.db.execute("SELECT shard_id FROM shards")}
 
-    def failed_rows_by_shard(self) -> dict[int, frozenset[int]]:
-        """Rows to fetch again with ``--retry-failed`` (failed, not invalid or opted out)."""
-        found: dict[int, set[int]] = {}
-        for shard_id, row in self.db.execute(
-            "SELECT shard_id, row FROM items WHERE status = ?", (Status.FAILED.value,)
-        ):
-            found.setdefault(shard_id, set()).add(row)
-        return {k: frozenset(v) for k, v in found.items()}
+    def shards_with_failures(self) -> set[int]:
+        """Shards holding rows that ``--retry-failed`` fetches again (failed, not invalid or
+        opted out). One id per shard, so this stays small however many rows failed."""
+        return {
+            r[0]
+            for r in self.db.execute("SELECT DISTINCT shard_id FROM items WHERE status = ?", (Status.FAILED.value,))
+        }
+
+    def failed_rows(self, shard_id: int) -> frozenset[int]:
+        """The failed rows of one shard (read shard by shard: memory stays flat)."""
+        return frozenset(
+            r[0]
+            for r in self.db.execute(
+                "SELECT row FROM items WHERE shard_id = ? AND status = ?", (shard_id, Status.FAILED.value)
+            )
+        )
 
     def write_shard(self, report: ShardReport, *, extra_columns: tuple[str, ...] = ()) -> None:
         """Commit one finished shard: its rows and its done mark, in one transaction."""

@@ -249,7 +249,7 @@ def _check_fingerprint(catalog: Catalog, spec: ManifestSpec, config: RunConfig) 
 def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Progress) -> Iterator[Shard]:
     """The shards this invocation must run, streamed; records the total once it is known."""
     done = catalog.done_shards()
-    failed = catalog.failed_rows_by_shard() if config.retry_failed else {}
+    failed = catalog.shards_with_failures() if config.retry_failed else set()
     total = mine = 0
     for shard in iter_shards(read_rows(spec), config.shard_size):
         total += 1
@@ -260,8 +260,10 @@ def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Pro
         mine += 1
         if shard.shard_id not in done:
             yield shard
-        elif config.retry_failed and shard.shard_id in failed:
-            yield from keep_rows([shard], failed.get)
+        elif shard.shard_id in failed:
+            retry = keep_rows(shard, catalog.failed_rows(shard.shard_id))
+            if retry is not None:
+                yield retry
         else:
             progress.shards_skipped += 1
     catalog.set_meta("total_shards", mine)

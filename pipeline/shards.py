@@ -2,12 +2,13 @@
 
 A shard holds rows ``[id * size, (id + 1) * size)``, so the same manifest and shard size
 always give the same ids, which is what makes resume and static partitioning work.
-Shards are generated lazily; the executor decides how many are in flight.
+Shards are generated lazily; the executor decides how many are in flight, and the runner
+which ones still need work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 from pipeline.models import ManifestRow, Shard
 
@@ -27,19 +28,10 @@ def iter_shards(rows: Iterable[ManifestRow], shard_size: int) -> Iterator[Shard]
         yield Shard(current, tuple(batch))
 
 
-def skip_done(shards: Iterable[Shard], done: Container[int]) -> Iterator[Shard]:
-    """Leave out shards already committed to the catalog."""
-    return (s for s in shards if s.shard_id not in done)
-
-
-def keep_rows(shards: Iterable[Shard], wanted: Callable[[int], frozenset[int]]) -> Iterator[Shard]:
-    """Keep only the rows ``wanted(shard_id)`` names; drop shards left empty.
+def keep_rows(shard: Shard, rows: Container[int]) -> Shard | None:
+    """``shard`` with only the rows named in ``rows`` (same id), or None if none is left.
 
     Used by ``--retry-failed``: a done shard comes back holding only its failed rows.
     """
-    for shard in shards:
-        rows = wanted(shard.shard_id)
-        if rows:
-            kept = tuple(r for r in shard.rows if r.row in rows)
-            if kept:
-                yield Shard(shard.shard_id, kept)
+    kept = tuple(r for r in shard.rows if r.row in rows)
+    return Shard(shard.shard_id, kept) if kept else None

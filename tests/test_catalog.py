@@ -32,7 +32,8 @@ def test_write_shard_commits_rows_and_done_mark_together(tmp_path: Path) -> None
         cat.write_shard(_report(0, range(10), failed={3}), extra_columns=("caption",))
         cat.write_shard(_report(2, range(20, 25)))
         assert cat.done_shards() == {0, 2}
-        assert cat.failed_rows_by_shard() == {0: frozenset({3})}
+        assert cat.shards_with_failures() == {0}
+        assert cat.failed_rows(0) == frozenset({3}) and cat.failed_rows(2) == frozenset()
         s = cat.summary()
         assert s.rows == 15 and s.by_status == {"ok": 14, "failed": 1} and s.by_error == {"http_4xx": 1}
         assert cat.get_meta("extra_columns") == ["caption"]

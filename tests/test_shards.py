@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.models import ManifestRow
-from pipeline.shards import iter_shards, keep_rows, skip_done
+from pipeline.shards import iter_shards, keep_rows
 
 
 def _rows(n: int):
@@ -34,8 +34,8 @@ def test_shards_are_built_lazily() -> None:
     assert len(first.rows) == 10
 
 
-def test_skip_done_and_keep_rows() -> None:
+def test_keep_rows() -> None:
     shards = list(iter_shards(_rows(25), 10))
-    assert [s.shard_id for s in skip_done(shards, {0, 2})] == [1]
-    kept = list(keep_rows(shards, {1: frozenset({12, 15})}.get))
-    assert [(s.shard_id, [r.row for r in s.rows]) for s in kept] == [(1, [12, 15])]
+    kept = keep_rows(shards[1], frozenset({12, 15}))
+    assert kept is not None and (kept.shard_id, [r.row for r in kept.rows]) == (1, [12, 15])
+    assert keep_rows(shards[1], frozenset({3})) is None  # rows of another shard: nothing left
