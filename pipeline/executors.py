@@ -42,7 +42,7 @@ class LocalExecutor:
         source = iter(shards)
         pending: dict[Future[ShardReport], Shard] = {}
         failures: dict[int, int] = {}
-        self._suspects: list[Shard] = []
+        self._suspects = []
         self._pool = self._new_pool()
         try:
             while True:
