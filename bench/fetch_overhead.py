@@ -1,0 +1,146 @@
+"""What ``fetch_url`` costs in client CPU per request, next to a bare aiohttp GET.
+
+``python -m bench.fetch_overhead [--requests 5000] [--reps 3] [--route img|tiny]`` starts the
+loopback server (``bench/server.py``, its own process, 127.0.0.1 only), then in this one
+process, on one asyncio loop and one session made by ``pipeline.fetch.make_session`` (the
+worker's session: guarded resolver and socket factory, trace hooks, 8 connections per port),
+runs the same requests with 64 in flight, alternating:
+
+  bare       ``async with session.get(url) as resp: await resp.read()``
+  fetch_url  ``pipeline.fetch.fetch_url(session, url, options)``
+
+and prints the CPU-ms per request of this process (``time.process_time``, so the server
+and other jobs on a shared machine do not count) for each, the medians, and the ratio
+fetch_url / bare measured in this same run. Each run is bounded by ``--requests`` and
+``--max-seconds``. ``--only fetch_url`` runs just one side (for py-spy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from pipeline.config import FetchOptions
+from pipeline.fetch import fetch_url, make_session
+
+IN_FLIGHT = 64
+WAYS = ("bare", "fetch_url")
+
+
+def _start_server(ports: int) -> tuple[subprocess.Popen[bytes], list[int]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.server", "--ports", str(ports)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise SystemExit("bench.server did not start")
+    return proc, json.loads(line)["ports"]
+
+
+async def _bare(session: aiohttp.ClientSession, url: str, _options: FetchOptions) -> bool:
+    async with session.get(url) as resp:
+        body = await resp.read()
+    return resp.status == 200 and bool(body)
+
+
+async def _pipeline(session: aiohttp.ClientSession, url: str, options: FetchOptions) -> bool:
+    result = await fetch_url(session, url, options)
+    return result.error_class is None and bool(result.body)
+
+
+RUNNERS: dict[str, Callable[[aiohttp.ClientSession, str, FetchOptions], Awaitable[bool]]] = {
+    "bare": _bare,
+    "fetch_url": _pipeline,
+}
+
+
+async def _run(
+    way: str, session: aiohttp.ClientSession, urls: list[str], options: FetchOptions, max_seconds: float
+) -> tuple[float, int, int]:
+    """(CPU seconds, requests done, failures) for one pass over ``urls``."""
+    runner = RUNNERS[way]
+    queue = iter(urls)
+    stop_at = time.monotonic() + max_seconds
+    done = failed = 0
+
+    async def lane() -> None:
+        nonlocal done, failed
+        for url in queue:  # shared iterator: each URL is taken by one lane
+            if time.monotonic() > stop_at:
+                return
+            ok = await runner(session, url, options)
+            done += 1
+            failed += not ok
+
+    cpu = time.process_time()
+    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+    return time.process_time() - cpu, done, failed
+
+
+async def _main(args: argparse.Namespace, ports: list[int]) -> dict[str, list[float]]:
+    options = FetchOptions(allow_private=True, retries=0)
+    ways = [args.only] if args.only else list(WAYS)
+    per_request: dict[str, list[float]] = {way: [] for way in ways}
+    async with make_session(options) as session:
+        warm = [f"http://127.0.0.1:{p}/{args.route}/{i}.jpg" for i, p in enumerate(ports * 16)]
+        await _run("bare", session, warm, options, args.max_seconds)  # open the connections
+        base = 0
+        for rep in range(args.reps):
+            order = ways if rep % 2 == 0 else ways[::-1]
+            for way in order:
+                urls = [
+                    f"http://127.0.0.1:{ports[i % len(ports)]}/{args.route}/{base + i}.jpg"
+                    for i in range(args.requests)
+                ]
+                base += args.requests
+                cpu, done, failed = await _run(way, session, urls, options, args.max_seconds)
+                if failed or not done:
+                    raise SystemExit(f"{way}: {failed} of {done} requests failed")
+                per_request[way].append(cpu / done * 1000.0)
+                print(f"rep {rep} {way:>9}: {done} requests, {cpu / done * 1000.0:.4f} CPU-ms each", flush=True)
+    return per_request
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--route", choices=("img", "tiny"), default="img")
+    parser.add_argument("--ports", type=int, default=32)
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="per run")
+    parser.add_argument("--only", choices=WAYS)
+    args = parser.parse_args()
+    server, ports = _start_server(args.ports)
+    try:
+        per_request = asyncio.run(_main(args, ports))
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(10)
+    medians = {way: statistics.median(v) for way, v in per_request.items()}
+    summary = {
+        "route": args.route,
+        "requests": args.requests,
+        "reps": args.reps,
+        "cpu_ms_per_request_median": {k: round(v, 4) for k, v in medians.items()},
+    }
+    if len(medians) == 2:
+        summary["ratio_fetch_url_to_bare"] = round(medians["fetch_url"] / medians["bare"], 3)
+        summary["extra_cpu_ms_per_request"] = round(medians["fetch_url"] - medians["bare"], 4)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
