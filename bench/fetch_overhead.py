@@ -8,6 +8,8 @@ runs the same requests with 64 in flight, alternating:
 
   bare       ``async with session.get(url) as resp: await resp.read()``
   fetch_url  ``pipeline.fetch.fetch_url(session, url, options)``
+  plain      as bare, on a plain ``aiohttp.ClientSession`` (default connector, no trace
+             hooks, same connection limits): what the seed script pays
 
 and prints the CPU-ms per request of this process (``time.process_time``, so the server
 and other jobs on a shared machine do not count) for each, the medians, and the ratio
@@ -32,7 +34,7 @@ from pipeline.config import FetchOptions
 from pipeline.fetch import fetch_url, make_session
 
 IN_FLIGHT = 64
-WAYS = ("bare", "fetch_url")
+WAYS = ("bare", "fetch_url", "plain")
 
 
 def _start_server(ports: int) -> tuple[subprocess.Popen[bytes], list[int]]:
@@ -63,6 +65,7 @@ async def _pipeline(session: aiohttp.ClientSession, url: str, options: FetchOpti
 RUNNERS: dict[str, Callable[[aiohttp.ClientSession, str, FetchOptions], Awaitable[bool]]] = {
     "bare": _bare,
     "fetch_url": _pipeline,
+    "plain": _bare,
 }
 
 
@@ -93,9 +96,12 @@ async def _main(args: argparse.Namespace, ports: list[int]) -> dict[str, list[fl
     options = FetchOptions(allow_private=True, retries=0)
     ways = [args.only] if args.only else list(WAYS)
     per_request: dict[str, list[float]] = {way: [] for way in ways}
-    async with make_session(options) as session:
+    connector = aiohttp.TCPConnector(limit=options.concurrency, limit_per_host=options.per_host)
+    async with make_session(options) as session, aiohttp.ClientSession(connector=connector) as plain:
+        sessions = {"bare": session, "fetch_url": session, "plain": plain}
         warm = [f"http://127.0.0.1:{p}/{args.route}/{i}.jpg" for i, p in enumerate(ports * 16)]
-        await _run("bare", session, warm, options, args.max_seconds)  # open the connections
+        for s in (session, plain):
+            await _run("bare", s, warm, options, args.max_seconds)  # open the connections
         base = 0
         for rep in range(args.reps):
             order = ways if rep % 2 == 0 else ways[::-1]
@@ -105,7 +111,7 @@ async def _main(args: argparse.Namespace, ports: list[int]) -> dict[str, list[fl
                     for i in range(args.requests)
                 ]
                 base += args.requests
-                cpu, done, failed = await _run(way, session, urls, options, args.max_seconds)
+                cpu, done, failed = await _run(way, sessions[way], urls, options, args.max_seconds)
                 if failed or not done:
                     raise SystemExit(f"{way}: {failed} of {done} requests failed")
                 per_request[way].append(cpu / done * 1000.0)
@@ -120,7 +126,7 @@ def main() -> None:
     parser.add_argument("--route", choices=("img", "tiny"), default="img")
     parser.add_argument("--ports", type=int, default=32)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per run")
-    parser.add_argument("--only", choices=WAYS)
+    parser.add_argument("--only", choices=WAYS, help="run one way only (for py-spy)")
     args = parser.parse_args()
     server, ports = _start_server(args.ports)
     try:
@@ -136,9 +142,11 @@ def main() -> None:
         "reps": args.reps,
         "cpu_ms_per_request_median": {k: round(v, 4) for k, v in medians.items()},
     }
-    if len(medians) == 2:
-        summary["ratio_fetch_url_to_bare"] = round(medians["fetch_url"] / medians["bare"], 3)
-        summary["extra_cpu_ms_per_request"] = round(medians["fetch_url"] - medians["bare"], 4)
+    if "fetch_url" in medians:
+        for base in ("bare", "plain"):
+            if base in medians:
+                summary[f"ratio_fetch_url_to_{base}"] = round(medians["fetch_url"] / medians[base], 3)
+                summary[f"extra_cpu_ms_vs_{base}"] = round(medians["fetch_url"] - medians[base], 4)
     print(json.dumps(summary))
 
 

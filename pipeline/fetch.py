@@ -54,7 +54,6 @@ from pipeline.netguard import AddressPolicy
 
 __all__ = ["fetch_url", "make_session", "opted_out", "parse_retry_after", "retry_delay"]
 
-CHUNK_SIZE = 64 * 1024
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 # X-Robots-Tag directives that carry their own "name: value"; the name before their colon
 # is not a user-agent prefix (https://developers.google.com/search/docs/crawling-indexing/robots-meta-tag).
@@ -400,9 +399,12 @@ async def _read_response(
         resp.close()
         return _too_large(progress, options, f"Content-Length {length}")
     progress.reading_body = True
+    # readany() hands over the buffers as received (no copy); iter_chunked(n) sliced them
+    # into n-byte copies first, which cost more CPU than the rest of the request.
+    content = resp.content
     chunks: list[bytes] = []
     total = 0
-    async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
+    while chunk := await content.readany():
         total += len(chunk)
         if total > options.max_bytes:
             resp.close()
