@@ -254,6 +254,8 @@ class _Cooldowns:
         self._until[key] = max(self._until.get(key, 0.0), now + seconds)
 
     def remaining(self, url: str) -> float:
+        if not self._until:  # the common case: skip parsing the URL (yarl) on every request
+            return 0.0
         key = self._key(url)
         until = self._until.get(key, 0.0) if key is not None else 0.0
         return max(0.0, until - asyncio.get_running_loop().time())
@@ -360,7 +362,7 @@ def retry_delay(
 async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptions) -> _Outcome:
     progress = _Progress(final_url=url)
     deadline = asyncio.timeout(options.timeout)
-    insecure = _host_of(url) in options.insecure_hosts
+    insecure = bool(options.insecure_hosts) and _host_of(url) in options.insecure_hosts
     try:
         # aiohttp raises TooManyRedirects once it has *received* max_redirects redirects,
         # so +1 lets exactly `options.max_redirects` hops through (and 0 lets none).
