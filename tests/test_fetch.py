@@ -353,6 +353,71 @@ def test_too_large_message_uses_human_units():
     assert _size(999) == "999 bytes"
 
 
+def _body_server(body: bytes, *, announce: int | None, piece: int = 16 * 1024) -> RawHandler:
+    """Answers with ``body`` written in ``piece``-byte writes, so the client reads it in many
+    parts; ``announce``: the Content-Length to send (None: none, the body ends at close)."""
+
+    async def handler(reader, writer):
+        await read_request(reader)
+        length = b"" if announce is None else b"Content-Length: %d\r\n" % announce
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n" + length + b"Connection: close\r\n\r\n")
+        for start in range(0, len(body), piece):
+            writer.write(body[start : start + piece])
+            await writer.drain()
+        writer.close()
+
+    return handler
+
+
+BIG = random.Random(3).randbytes(3 * 1024 * 1024 + 17)  # several socket reads, odd size
+
+
+@pytest.mark.parametrize("announce", [len(BIG), None], ids=["content-length", "until-close"])
+def test_body_read_in_many_parts_arrives_whole(announce):
+    result = fetch_raw(_body_server(BIG, announce=announce), replace(FAST, retries=0))
+    assert result.error_class is None, result
+    assert result.body == BIG
+
+
+def test_body_longer_than_its_content_length_is_never_kept_whole():
+    """The Content-Length passed the max_bytes check, then 3x as many bytes come.
+
+    The body ends at the Content-Length; whether the parser sees the extra bytes (data after
+    `Connection: close`: malformed) before or after that end is a race, so either outcome is
+    right, but never a body longer than announced.
+    """
+    body = random.Random(4).randbytes(300 * 1024)
+    options = replace(FAST, retries=0, max_bytes=200 * 1024)
+    result = fetch_raw(_body_server(body, announce=100 * 1024), options)
+    if result.body is None:
+        assert_failed(result, ErrorClass.CONNECT)
+        assert result.error_message.startswith("malformed HTTP response")
+    else:
+        assert result.error_class is None, result
+        assert result.body == body[: 100 * 1024]
+
+
+def test_max_bytes_is_exact_while_streaming():
+    body = random.Random(5).randbytes(100 * 1024 + 1)
+    kept = fetch_raw(_body_server(body, announce=None), replace(FAST, retries=0, max_bytes=len(body)))
+    assert kept.error_class is None and kept.body == body
+    cut = fetch_raw(_body_server(body, announce=None), replace(FAST, retries=0, max_bytes=len(body) - 1))
+    assert_failed(cut, ErrorClass.TOO_LARGE)
+    assert cut.error_message.startswith("body larger than 100 KB (stopped after ")
+
+
+def test_stalled_body_without_content_length_hits_the_read_timeout():
+    async def stall(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n0123456789")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    result = fetch_raw(stall, replace(FAST, timeout=5.0, read_timeout=0.3, retries=0))
+    assert_failed(result, ErrorClass.TIMEOUT)
+    assert result.error_message == "read timeout: no data for 0.3 s"
+
+
 def _short_body_server(counter: list[int]) -> RawHandler:
     async def handler(reader, writer):
         counter.append(1)
