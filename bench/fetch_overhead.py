@@ -8,13 +8,14 @@ runs the same requests with 64 in flight, alternating:
 
   bare       ``async with session.get(url) as resp: await resp.read()``
   fetch_url  ``pipeline.fetch.fetch_url(session, url, options)``
-  plain      as bare, on a plain ``aiohttp.ClientSession`` (default connector, no trace
-             hooks, same connection limits): what the seed script pays
+  plain      as bare, on a plain ``aiohttp.ClientSession`` (default connector and timeouts,
+             no trace hooks, same connection limits): what the seed script pays
 
-and prints the CPU-ms per request of this process (``time.process_time``, so the server
-and other jobs on a shared machine do not count) for each, the medians, and the ratio
-fetch_url / bare measured in this same run. Each run is bounded by ``--requests`` and
-``--max-seconds``. ``--only fetch_url`` runs just one side (for py-spy).
+URLs are spread over 32 ports, so 64 in flight never queue for a pool slot. It prints the
+CPU-ms per request of this process (``time.process_time``: the server and other jobs on a
+shared machine do not count) for each run, the medians, and the ratios fetch_url / bare and
+fetch_url / plain measured in this same run. Each run is bounded by ``--requests`` and
+``--max-seconds``. ``--only fetch_url`` runs one way only (for py-spy).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ async def _run(
             failed += not ok
 
     cpu = time.process_time()
-    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+    async with asyncio.timeout(max_seconds + 60):  # a lane stuck in one request ends too
+        await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
     return time.process_time() - cpu, done, failed
 
 
@@ -134,7 +136,10 @@ def main() -> None:
     finally:
         assert server.stdin is not None
         server.stdin.close()
-        server.wait(10)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
     medians = {way: statistics.median(v) for way, v in per_request.items()}
     summary = {
         "route": args.route,
