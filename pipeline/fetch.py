@@ -499,7 +499,10 @@ def _classify(exc: Exception, progress: _Progress, options: FetchOptions, *, dea
             return fail(ErrorClass.CONNECT, "server closed the connection without a response", retry=True)
         return fail(ErrorClass.CONNECT, f"connection error: {_os_reason(exc)}", retry=True)
     if isinstance(exc, aiohttp.ClientResponseError):  # aiohttp could not parse the response
-        return fail(ErrorClass.CONNECT, f"malformed HTTP response: {exc.message}")
+        # The parser's message goes on to quote the server's bytes (50 KB of a junk status
+        # line, 400 KB of data after `Connection: close`): its first line is enough.
+        reason = str(exc.message).split("\n", 1)[0].rstrip(": ")
+        return fail(ErrorClass.CONNECT, f"malformed HTTP response: {_short(reason)}")
     return fail(ErrorClass.INTERNAL, f"unexpected {type(exc).__name__}: {exc}")
 
 

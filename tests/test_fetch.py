@@ -391,7 +391,7 @@ def test_body_longer_than_its_content_length_is_never_kept_whole():
     result = fetch_raw(_body_server(body, announce=100 * 1024), options)
     if result.body is None:
         assert_failed(result, ErrorClass.CONNECT)
-        assert result.error_message.startswith("malformed HTTP response")
+        assert result.error_message == "malformed HTTP response: Data after `Connection: close`"
     else:
         assert result.error_class is None, result
         assert result.body == body[: 100 * 1024]
@@ -600,6 +600,17 @@ def test_unfetchable_urls_are_invalid(url):
     result = fetch(url)
     assert_failed(result, ErrorClass.INVALID)
     assert result.attempts == 1
+
+
+def test_a_junk_status_line_is_connect_with_a_short_message():
+    async def junk(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 2x0 OK" + b"z" * 50_000 + b"\r\n\r\n")
+        await writer.drain()
+
+    result = fetch_raw(junk, replace(FAST, retries=0))
+    assert_failed(result, ErrorClass.CONNECT)
+    assert result.error_message == "malformed HTTP response: Bad status line"
 
 
 def test_server_closing_without_response_is_connect():
