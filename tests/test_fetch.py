@@ -379,7 +379,7 @@ def test_body_read_in_many_parts_arrives_whole(announce):
     assert result.body == BIG
 
 
-def test_body_longer_than_its_content_length_is_never_kept_whole():
+def test_a_body_longer_than_its_content_length_never_comes_back_longer():
     """The Content-Length passed the max_bytes check, then 3x as many bytes come.
 
     The body ends at the Content-Length; whether the parser sees the extra bytes (data after
