@@ -12,8 +12,8 @@ need opposite things from one ``--concurrency``:
 So a download starts only while fewer than ``backlog_limit`` bodies wait for (or are in)
 the CPU stage (the worker sets it to cover a round trip of decoding), and the in-flight cap starts small and grows by one for each download that
 completes while the cap was the binding limit (TCP's slow start: it doubles every round
-trip), up to ``--concurrency``. The cap a worker reached carries over to its next shard
-(``learned``), so only a worker's first shard ramps up.
+trip), up to ``--concurrency``. A worker process has one admission for all the shards it
+holds (they overlap, worker.py), so only its first shard ramps up.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Protocol
 from pipeline.config import RunConfig, default_procs
 from pipeline.errors import PipelineError, UsageError
 from pipeline.models import Shard, ShardReport
-from pipeline.worker import failed_report, init_worker, run_shard
+from pipeline.worker import ShardBatch, collect_shards, failed_report, feed_shard, init_worker
 
 
 class ShardExecutor(Protocol):
@@ -29,72 +29,101 @@ class LocalExecutor:
 
     ``spawn`` rather than fork: the parent may hold SQLite handles, threads and (in Jupyter)
     a running event loop, none of which survive a fork safely.
+
+    Shards are fed, not run one per call: ``feed_shard`` returns as soon as its process is
+    about to run out of rows to start, with whatever shards that process finished, so the
+    next shard overlaps the end of the previous one (worker.py). Shards a process still
+    holds when nothing is left to feed come back through ``collect_shards`` calls.
     """
 
     def __init__(self, procs: int, *, window: int | None = None, max_attempts: int = 3) -> None:
         self.procs = procs
-        self.window = window or 2 * procs
+        # Shards handed to workers and not yet reported: each process holds ~2 (one ending,
+        # one starting) plus one waiting in the pool's queue; a few more keep feeding going
+        # past a shard held up by one slow URL. All of them rerun after a kill.
+        self.window = window or 4 * procs
         self.max_attempts = max_attempts
         self._pool: ProcessPoolExecutor | None = None
         self._suspects: list[Shard] = []
+        self._held: dict[int, Shard] = {}  # shard id -> shard handed to a worker, no report yet
+        self._failures: dict[int, int] = {}
 
     def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[ShardReport]:
         source = iter(shards)
-        pending: dict[Future[ShardReport], Shard] = {}
-        failures: dict[int, int] = {}
-        self._suspects = []
+        pending: set[Future[ShardBatch]] = set()
+        self._suspects, self._held, self._failures = [], {}, {}
         self._pool = self._new_pool()
         try:
             while True:
                 self._fill(pending, source, config)
                 if not pending:
                     return
-                alone = len(pending) == 1
+                alone = len(self._held) == 1
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                pending -= done
                 broken = False
                 for future in done:
-                    shard = pending.pop(future)
                     try:
-                        yield future.result()
+                        batch = future.result()
                     except BrokenProcessPool:
                         broken = True
-                        if alone:  # it ran by itself, so it is the one that killed its worker
-                            report = self._retry_or_fail(shard, failures, "worker process died")
-                            if report is not None:
-                                yield report
-                        else:
-                            self._suspects.append(shard)
+                        continue
                     except PipelineError:
                         raise  # run-fatal (e.g. disk full): stop scheduling
-                    except Exception as exc:  # noqa: BLE001 - a bug in one shard must not stop the run
-                        report = self._retry_or_fail(shard, failures, f"{type(exc).__name__}: {exc}")
-                        if report is not None:
-                            yield report
+                    yield from self._accept(batch)
                 if broken:
-                    self._suspects.extend(pending.values())
+                    yield from self._after_death(alone)
                     pending.clear()
                     self.shutdown()
                     self._pool = self._new_pool()
         finally:
             self.shutdown()
 
-    def _fill(self, pending: dict[Future[ShardReport], Shard], source: Iterator[Shard], config: RunConfig) -> None:
-        # A dead worker breaks the whole pool and every shard in it, so after a death the
-        # shards that were in flight run one at a time: only then is a death attributable.
+    def _fill(self, pending: set[Future[ShardBatch]], source: Iterator[Shard], config: RunConfig) -> None:
         assert self._pool is not None
         if self._suspects:
-            if not pending:
+            # A dead worker breaks the whole pool and every shard in it, so after a death the
+            # shards that were in flight run one at a time: only then is a death attributable.
+            if not self._held and not pending:
                 shard = self._suspects.pop()
-                pending[self._pool.submit(run_shard, shard, config)] = shard
-            return
-        while len(pending) < self.window:
-            shard = next(source, None)
-            if shard is None:
-                return
-            pending[self._pool.submit(run_shard, shard, config)] = shard
+                self._held[shard.shard_id] = shard
+                pending.add(self._pool.submit(feed_shard, shard, config, wait_all=True))
+        else:
+            while len(self._held) < self.window:
+                shard = next(source, None)
+                if shard is None:
+                    break
+                self._held[shard.shard_id] = shard
+                pending.add(self._pool.submit(feed_shard, shard, config))
+        if self._held and not pending:
+            # Nothing more to feed (or the window is full of shards still running): fetch
+            # what the processes finished. One call per process; each answers when it has
+            # something, or at once if it holds nothing.
+            pending.update(self._pool.submit(collect_shards) for _ in range(self.procs))
 
-    def _retry_or_fail(self, shard: Shard, failures: dict[int, int], reason: str) -> ShardReport | None:
-        failures[shard.shard_id] = tries = failures.get(shard.shard_id, 0) + 1
+    def _accept(self, batch: ShardBatch) -> Iterator[ShardReport]:
+        for report in batch.reports:
+            if self._held.pop(report.shard_id, None) is not None:
+                yield report
+        for shard_id, reason in batch.failed:  # a bug in a shard must not stop the run
+            shard = self._held.pop(shard_id, None)
+            if shard is not None:
+                report = self._retry_or_fail(shard, reason)
+                if report is not None:
+                    yield report
+
+    def _after_death(self, alone: bool) -> Iterator[ShardReport]:
+        held = list(self._held.values())
+        self._held.clear()
+        if alone and len(held) == 1:  # it ran by itself, so it is the one that killed its worker
+            report = self._retry_or_fail(held[0], "worker process died")
+            if report is not None:
+                yield report
+        else:
+            self._suspects.extend(held)
+
+    def _retry_or_fail(self, shard: Shard, reason: str) -> ShardReport | None:
+        self._failures[shard.shard_id] = tries = self._failures.get(shard.shard_id, 0) + 1
         if tries < self.max_attempts:
             self._suspects.append(shard)
             return None

@@ -1,32 +1,41 @@
-"""One shard, inside one worker process: fetch every row, process every image, report.
+"""Shards inside one worker process: fetch every row, process every image, report.
 
 ``run_shard(shard, config)`` is a plain picklable function of plain picklable arguments that
 returns metadata only, so any executor can run it unchanged: the local process pool, Ray,
 or a static partition on another machine.
 
-Inside, one asyncio loop with one aiohttp session (both kept for the process's next shard)
-downloads the shard's unique sources (up to ``--concurrency`` in flight, paced by
+Inside, one asyncio loop with one aiohttp session per process (both kept from shard to
+shard) downloads each shard's unique sources (up to ``--concurrency`` in flight, paced by
 admission.py) and hands each body to a small thread pool for the Pillow work. Pillow
 releases the GIL while it decodes, resizes and encodes to a file, so the loop keeps
 downloading while the threads use the core (measured: ARCHITECTURE.md).
+
+The loop runs on a thread of its own, so a process can hold several shards at once:
+``feed_shard`` (the local executor's call) returns as soon as the process is about to run
+out of rows to start, and the parent sends the next shard while the last downloads of the
+previous one are still in flight. One shard at a time paid a round trip of ramp-up and one
+of drain per shard: W1 at 100 ms reached 1,766/s instead of 2,500 (bench/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import functools
 import os
 import signal
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.admission import Admission
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
-from pipeline.errors import ErrorClass, ItemError, StorageError
+from pipeline.errors import ErrorClass, ItemError, PipelineError, StorageError
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
 from pipeline.store import Store, open_store
 
@@ -34,13 +43,30 @@ from pipeline.store import Store, open_store
 # the parent imports this module only to name ``run_shard``, and importing them there cost
 # ~0.3 s of start-up and ~30 MB of its RSS (measured, bench/README.md).
 
+# A process asks for its next shard when this few of its rows are still waiting to start a
+# download: ~50 ms of work at W1's rate, far more than the ~1 ms the next shard takes to
+# arrive (it already waits in the pool's call queue).
+LOW_WATER_ROWS = 64
+# A collect call that finds nothing running waits this long before answering, so that idle
+# processes do not spin with the parent while another process finishes its last shard.
+IDLE_COLLECT_S = 0.05
+
 _cpu_pools: dict[int, ThreadPoolExecutor] = {}  # one per process, reused by every shard it runs
-_learned_cap: dict[int, int] = {}  # --concurrency -> in-flight cap the last shard reached
-# One event loop and one aiohttp session per process, kept from shard to shard: a new
-# session per shard reconnected to every host (8,192 connects for 16,000 URLs in bench's
-# W1; connect + SSL-context set-up were ~6% of the worker's CPU in the profile).
-_runner: asyncio.Runner | None = None
+# Touched only on the loop thread. One admission per process: shards that overlap share the
+# requests in flight and the bodies waiting for the CPU.
+_admissions: dict[tuple[int, int], Admission] = {}
+# One aiohttp session per process, kept from shard to shard: a new session per shard
+# reconnected to every host (8,192 connects for 16,000 URLs in bench's W1; connect +
+# SSL-context set-up were ~6% of the worker's CPU in the profile).
 _sessions: dict[FetchOptions, object] = {}
+
+
+@dataclass(slots=True)
+class ShardBatch:
+    """What ``feed_shard`` and ``collect_shards`` hand back: shards finished since last time."""
+
+    reports: list[ShardReport] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (shard id, why): a bug, retried
 
 
 def init_worker() -> None:
@@ -53,36 +79,122 @@ def run_shard(shard: Shard, config: RunConfig) -> ShardReport:
 
     Raises ``StorageError`` when OUT cannot be written: every later item would fail too.
     """
-    started = time.perf_counter()
-    store = open_store(config.out, partition=config.partition)
-    pool = _cpu_pool(config.cpu_threads)
-    report = _loop().run(_run(shard, config, store, pool))
-    report.elapsed_s = time.perf_counter() - started
-    report.worker_pid = os.getpid()
-    return report
+    return _shard_loop().submit(shard, config, collect=False).result()
 
 
-def _loop() -> asyncio.Runner:
-    global _runner
-    if _runner is None:
-        _runner = asyncio.Runner()
-        atexit.register(_close_loop)
-    return _runner
+def feed_shard(shard: Shard, config: RunConfig, *, wait_all: bool = False) -> ShardBatch:
+    """Start ``shard`` here; return once this process needs more rows (or, with
+    ``wait_all``, once it has finished everything it holds), with the shards finished so far.
+
+    Raises ``StorageError`` (run-fatal) if any shard of this process met one.
+    """
+    loop = _shard_loop()
+    loop.submit(shard, config, collect=True)
+    return loop.take(until_idle=wait_all)
 
 
-def _close_loop() -> None:
-    """Close the sessions inside their loop (else aiohttp warns about them at exit)."""
-    global _runner
-    runner, _runner = _runner, None
-    if runner is None:
-        return
-    sessions = list(_sessions.values())
-    _sessions.clear()
-    try:
+def collect_shards() -> ShardBatch:
+    """The shards this process finished since the last call; waits for at least one if any
+    is still running here."""
+    return _shard_loop().take(until_idle=False, at_least_one=True)
+
+
+class _ShardLoop:
+    """This process's event loop, on a thread of its own, and the shards running on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="pipeline-loop", daemon=True)
+        self._thread.start()
+        self._changed = threading.Condition()
+        self._waiting_rows = 0  # rows submitted here whose download has not started yet
+        self._running = 0  # collected shards submitted here and not finished
+        self._batch = ShardBatch()
+        self._fatal: PipelineError | None = None
+
+    def submit(self, shard: Shard, config: RunConfig, *, collect: bool) -> concurrent.futures.Future[ShardReport]:
+        store = open_store(config.out, partition=config.partition)
+        sources = _sources(shard)
+        with self._changed:
+            self._waiting_rows += len(sources)
+            self._running += collect
+        work = _run(shard, sources, config, store, self._download_started)
+        future = asyncio.run_coroutine_threadsafe(work, self.loop)
+        if collect:
+            future.add_done_callback(functools.partial(self._finished, shard.shard_id))
+        return future
+
+    def take(self, *, until_idle: bool, at_least_one: bool = False) -> ShardBatch:
+        with self._changed:
+            if at_least_one and not self._running and not self._has_results():
+                self._changed.wait(IDLE_COLLECT_S)
+            self._changed.wait_for(lambda: self._ready(until_idle, at_least_one))
+            if self._fatal is not None:
+                raise self._fatal
+            batch, self._batch = self._batch, ShardBatch()
+            return batch
+
+    def _ready(self, until_idle: bool, at_least_one: bool) -> bool:
+        if self._fatal is not None or not self._running:
+            return True
+        if until_idle:
+            return False
+        if at_least_one:
+            return self._has_results()
+        return self._waiting_rows <= LOW_WATER_ROWS
+
+    def _has_results(self) -> bool:
+        return bool(self._batch.reports or self._batch.failed)
+
+    def _download_started(self) -> None:
+        with self._changed:
+            self._waiting_rows -= 1
+            if self._waiting_rows == LOW_WATER_ROWS:
+                self._changed.notify_all()
+
+    def _finished(self, shard_id: int, future: concurrent.futures.Future[ShardReport]) -> None:
+        with self._changed:
+            self._running -= 1
+            if future.cancelled():
+                self._batch.failed.append((shard_id, "cancelled"))
+            elif isinstance(future.exception(), PipelineError):
+                self._fatal = future.exception()  # type: ignore[assignment]
+            elif (exc := future.exception()) is not None:
+                self._batch.failed.append((shard_id, f"{type(exc).__name__}: {exc}"))
+            else:
+                self._batch.reports.append(future.result())
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Close the sessions inside their loop (else aiohttp warns about them at exit)."""
+        sessions = list(_sessions.values())
+        _sessions.clear()
         for session in sessions:
-            runner.run(session.close())  # type: ignore[attr-defined]
-    finally:
-        runner.close()
+            close = asyncio.run_coroutine_threadsafe(session.close(), self.loop)  # type: ignore[attr-defined]
+            close.result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+_shard_loops: list[_ShardLoop] = []
+_shard_loop_lock = threading.Lock()
+
+
+def _shard_loop() -> _ShardLoop:
+    with _shard_loop_lock:
+        if not _shard_loops:
+            _shard_loops.append(_ShardLoop())
+            atexit.register(_close_shard_loop)
+        return _shard_loops[0]
+
+
+def _close_shard_loop() -> None:
+    with _shard_loop_lock:
+        loops = list(_shard_loops)
+        _shard_loops.clear()
+    for loop in loops:
+        loop.close()
 
 
 def _session(options: FetchOptions) -> object:
@@ -102,6 +214,23 @@ def _cpu_pool(threads: int) -> ThreadPoolExecutor:
     return pool
 
 
+def _admission(config: RunConfig) -> Admission:
+    # Enough bodies per CPU thread to cover a round trip: with 8 the queue ran dry while the
+    # next downloads were on their way (W2 at 100 ms: 330 vs 410 images/s at 0 ms); with 32
+    # the rates match (390 vs 405-417) for +35 MB of tree RSS (bench/, --procs 2).
+    backlog = 32 * max(1, config.cpu_threads)
+    key = (config.fetch.concurrency, backlog)
+    limit = _admissions.get(key)
+    if limit is None:
+        limit = _admissions[key] = Admission(key[0], backlog, start=2 * backlog)
+    return limit
+
+
+def _sources(shard: Shard) -> list[str]:
+    # A repeated URL is fetched once per shard; every row naming it gets the same outcome.
+    return list(dict.fromkeys(r.source for r in shard.rows if r.invalid is None))
+
+
 @dataclass(slots=True)
 class _Outcome:
     """What happened to one unique source; shared by every row that names it."""
@@ -112,17 +241,15 @@ class _Outcome:
     error_message: str | None = None
 
 
-async def _run(shard: Shard, config: RunConfig, store: Store, pool: ThreadPoolExecutor) -> ShardReport:
-    # A repeated URL is fetched once per shard; every row naming it gets the same outcome.
-    sources = list(dict.fromkeys(r.source for r in shard.rows if r.invalid is None))
-    concurrency = config.fetch.concurrency
-    # Enough bodies per CPU thread to cover a round trip: with 8 the queue ran dry while the
-    # next downloads were on their way (W2 at 100 ms: 330 vs 410 images/s at 0 ms); with 32
-    # the rates match (390 vs 405-417) for +35 MB of tree RSS (bench/, --procs 2).
-    backlog = 32 * max(1, config.cpu_threads)
-    limit = Admission(concurrency, backlog, start=_learned_cap.get(concurrency, 2 * backlog))
+async def _run(
+    shard: Shard, sources: list[str], config: RunConfig, store: Store, on_started: Callable[[], None]
+) -> ShardReport:
+    started = time.perf_counter()
+    pool = _cpu_pool(config.cpu_threads)
+    limit = _admission(config)
     session = _session(config.fetch) if any(not _is_local(s) for s in sources) else None
-    tasks = [asyncio.ensure_future(_one(source, session, limit, config, store, pool)) for source in sources]
+    one = functools.partial(_one, session=session, limit=limit, config=config, store=store, pool=pool)
+    tasks = [asyncio.ensure_future(one(source, on_started)) for source in sources]
     try:
         outcomes = dict(zip(sources, await asyncio.gather(*tasks)))
     except BaseException:
@@ -131,12 +258,12 @@ async def _run(shard: Shard, config: RunConfig, store: Store, pool: ThreadPoolEx
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    finally:
-        _learned_cap[concurrency] = limit.cap
     report = ShardReport(shard.shard_id)
     report.items = [_item(row, outcomes.get(row.source)) for row in shard.rows]
     report.fetched = len(sources)
     report.bytes_downloaded = sum(o.image.bytes for o in outcomes.values() if o.image)
+    report.elapsed_s = time.perf_counter() - started
+    report.worker_pid = os.getpid()
     return report
 
 
@@ -146,6 +273,8 @@ def _is_local(source: str) -> bool:
 
 async def _one(
     source: str,
+    on_started: Callable[[], None],
+    *,
     session: object,
     limit: Admission,
     config: RunConfig,
@@ -155,6 +284,7 @@ async def _one(
     # Admission bounds both the requests in flight and the bodies waiting for the CPU, so
     # downloading slows exactly when the CPU is the bottleneck (see admission.py).
     await limit.start_download()
+    on_started()
     body = None
     try:
         if _is_local(source):
