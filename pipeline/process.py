@@ -124,6 +124,7 @@ def process_image(data: bytes, *, options: ProcessOptions, store: Store) -> Imag
     thumbnails, hash_source = _make_thumbnails(decoded, sha, options=options, store=store)
 
     original_path = _keep_original(data, sha, decoded.format, options=options, store=store)
+    gray = hash_source.convert("L")  # once for both hashes
 
     return ImageInfo(
         sha256=sha,
@@ -133,8 +134,8 @@ def process_image(data: bytes, *, options: ProcessOptions, store: Store) -> Imag
         width=decoded.width,
         height=decoded.height,
         n_frames=decoded.n_frames,
-        dhash=dhash(hash_source),
-        phash=phash(hash_source),
+        dhash=dhash(gray),
+        phash=phash(gray),
         thumbnails=thumbnails,
         original_path=original_path,
         elapsed_ms=(time.perf_counter() - started) * 1000.0,
@@ -212,7 +213,9 @@ def phash(image: Image.Image) -> str:
     # that compare against a zero median. Rounding far below any real difference removes
     # that noise.
     low = np.round(low, 6)
-    return _bits_to_hex(low > np.median(low))
+    # The median of 64 values (mean of the middle two) from a sort: ~1 us, np.median ~7 us.
+    ranked = np.sort(low, axis=None)
+    return _bits_to_hex(low > (ranked[31] + ranked[32]) / 2)
 
 
 def _bits_to_hex(bits: np.ndarray) -> str:
