@@ -50,7 +50,7 @@ class LocalExecutor:
 
     def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[ShardReport]:
         source = iter(shards)
-        pending: set[Future[ShardBatch]] = set()
+        pending: dict[Future[ShardBatch], Shard | None] = {}  # a feed's shard; None: a collect
         self._suspects, self._held, self._failures = [], {}, {}
         self._pool = self._new_pool()
         try:
@@ -60,9 +60,9 @@ class LocalExecutor:
                     return
                 alone = len(self._held) == 1
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                pending -= done
                 broken = False
                 for future in done:
+                    fed = pending.pop(future)
                     try:
                         batch = future.result()
                     except BrokenProcessPool:
@@ -70,6 +70,10 @@ class LocalExecutor:
                         continue
                     except PipelineError:
                         raise  # run-fatal (e.g. disk full): stop scheduling
+                    except Exception as exc:  # a bug feeding one shard must not stop the run
+                        if fed is None:
+                            raise  # collect_shards itself failed: no shard to blame, retrying would loop
+                        batch = ShardBatch(failed=[(fed.shard_id, f"{type(exc).__name__}: {exc}")])
                     yield from self._accept(batch)
                 if broken:
                     yield from self._after_death(alone)
@@ -79,7 +83,9 @@ class LocalExecutor:
         finally:
             self.shutdown()
 
-    def _fill(self, pending: set[Future[ShardBatch]], source: Iterator[Shard], config: RunConfig) -> None:
+    def _fill(
+        self, pending: dict[Future[ShardBatch], Shard | None], source: Iterator[Shard], config: RunConfig
+    ) -> None:
         assert self._pool is not None
         if self._suspects:
             # A dead worker breaks the whole pool and every shard in it, so after a death the
@@ -87,19 +93,19 @@ class LocalExecutor:
             if not self._held and not pending:
                 shard = self._suspects.pop()
                 self._held[shard.shard_id] = shard
-                pending.add(self._pool.submit(feed_shard, shard, config, wait_all=True))
+                pending[self._pool.submit(feed_shard, shard, config, wait_all=True)] = shard
         else:
             while len(self._held) < self.window:
                 shard = next(source, None)
                 if shard is None:
                     break
                 self._held[shard.shard_id] = shard
-                pending.add(self._pool.submit(feed_shard, shard, config))
+                pending[self._pool.submit(feed_shard, shard, config)] = shard
         if self._held and not pending:
             # Nothing more to feed (or the window is full of shards still running): fetch
             # what the processes finished. One call per process; each answers when it has
             # something, or at once if it holds nothing.
-            pending.update(self._pool.submit(collect_shards) for _ in range(self.procs))
+            pending.update((self._pool.submit(collect_shards), None) for _ in range(self.procs))
 
     def _accept(self, batch: ShardBatch) -> Iterator[ShardReport]:
         for report in batch.reports:

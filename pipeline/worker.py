@@ -28,8 +28,8 @@ import signal
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -177,23 +177,24 @@ class _ShardLoop:
         self.loop.close()
 
 
-_shard_loops: list[_ShardLoop] = []
-_shard_loop_lock = threading.Lock()
+_the_loop: _ShardLoop | None = None
+_the_loop_lock = threading.Lock()
 
 
 def _shard_loop() -> _ShardLoop:
-    with _shard_loop_lock:
-        if not _shard_loops:
-            _shard_loops.append(_ShardLoop())
+    global _the_loop
+    with _the_loop_lock:
+        if _the_loop is None:
+            _the_loop = _ShardLoop()
             atexit.register(_close_shard_loop)
-        return _shard_loops[0]
+        return _the_loop
 
 
 def _close_shard_loop() -> None:
-    with _shard_loop_lock:
-        loops = list(_shard_loops)
-        _shard_loops.clear()
-    for loop in loops:
+    global _the_loop
+    with _the_loop_lock:
+        loop, _the_loop = _the_loop, None
+    if loop is not None:
         loop.close()
 
 
