@@ -112,7 +112,9 @@ class _ShardLoop:
         self._batch = ShardBatch()
         self._fatal: PipelineError | None = None
 
-    def submit(self, shard: Shard, config: RunConfig, *, collect: bool) -> concurrent.futures.Future[ShardReport]:
+    def submit(
+        self, shard: Shard, config: RunConfig, *, collect: bool
+    ) -> concurrent.futures.Future[ShardReport]:
         store = open_store(config.out, partition=config.partition)
         sources = _sources(shard)
         with self._changed:
@@ -216,14 +218,14 @@ def _cpu_pool(threads: int) -> ThreadPoolExecutor:
 
 
 def _admission(config: RunConfig) -> Admission:
-    # Enough bodies per CPU thread to cover a round trip: with 8 the queue ran dry while the
-    # next downloads were on their way (W2 at 100 ms: 330 vs 410 images/s at 0 ms); with 32
-    # the rates match (390 vs 405-417) for +35 MB of tree RSS (bench/, --procs 2).
-    backlog = 32 * max(1, config.cpu_threads)
-    key = (config.fetch.concurrency, backlog)
+    # At least 32 bodies per CPU thread (more when bodies are cheap, see admission.py): with
+    # 8 the queue ran dry while the next downloads were on their way (W2 at 100 ms: 330 vs
+    # 410 images/s at 0 ms); with 32 the rates match (390 vs 405-417) for +35 MB of tree RSS.
+    threads = max(1, config.cpu_threads)
+    key = (config.fetch.concurrency, threads)
     limit = _admissions.get(key)
     if limit is None:
-        limit = _admissions[key] = Admission(key[0], backlog, start=2 * backlog)
+        limit = _admissions[key] = Admission(key[0], 32 * threads, start=64 * threads, threads=threads)
     return limit
 
 
@@ -287,6 +289,7 @@ async def _one(
     await limit.start_download()
     on_started()
     body = None
+    started = time.perf_counter()
     try:
         if _is_local(source):
             fetched = await asyncio.to_thread(_read_local, source, config.fetch.max_bytes)
@@ -296,21 +299,31 @@ async def _one(
             fetched = await fetch_url(session, source, config.fetch)  # type: ignore[arg-type]
         body = fetched.body
     finally:
-        limit.download_done(has_body=body is not None)
+        limit.download_done(has_body=body is not None, seconds=time.perf_counter() - started)
     fetched = _without_body(fetched)
+    cpu_s: float | None = None
     try:
         if fetched.error_class is not None or body is None:
             return _Outcome(fetched, None, fetched.error_class, fetched.error_message)
-        work = functools.partial(_process, body, config.process, store)
-        image, error_class, message = await asyncio.get_running_loop().run_in_executor(pool, work)
+        work = functools.partial(_process_timed, body, config.process, store)
+        (image, error_class, message), cpu_s = await asyncio.get_running_loop().run_in_executor(pool, work)
         return _Outcome(fetched, image, error_class, message)
     finally:
         if body is not None:
-            limit.processed()
+            limit.processed(cpu_s)
 
 
 def _without_body(fetched: FetchResult) -> FetchResult:
     return replace(fetched, body=None) if fetched.body is not None else fetched
+
+
+def _process_timed(
+    body: bytes, options: ProcessOptions, store: Store
+) -> tuple[tuple[ImageInfo | None, ErrorClass | None, str | None], float]:
+    """``_process`` and how long it took on its thread (admission sizes the backlog by it)."""
+    started = time.perf_counter()
+    result = _process(body, options, store)
+    return result, time.perf_counter() - started
 
 
 def _process(
@@ -329,7 +342,11 @@ def _process(
         return None, ErrorClass.TOO_MANY_PIXELS, "out of memory while decoding"
     except Exception as exc:  # noqa: BLE001 - one bad image must not take its shard down
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return None, ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+        return (
+            None,
+            ErrorClass.INTERNAL,
+            f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})",
+        )
 
 
 def _read_local(path: str, max_bytes: int) -> FetchResult:
@@ -343,7 +360,9 @@ def _read_local(path: str, max_bytes: int) -> FetchResult:
         with open(path, "rb") as f:
             body = f.read()
     except OSError as exc:
-        return FetchResult(path, None, 1, 0, None, None, ErrorClass.INVALID, f"cannot read local file: {exc.strerror}")
+        return FetchResult(
+            path, None, 1, 0, None, None, ErrorClass.INVALID, f"cannot read local file: {exc.strerror}"
+        )
     elapsed = (time.perf_counter() - started) * 1000
     return FetchResult(Path(path).as_uri(), None, 1, 0, None, body, elapsed_ms=elapsed)
 
@@ -389,6 +408,8 @@ def failed_report(shard: Shard, message: str) -> ShardReport:
             items.append(_item(row, None))
         else:
             items.append(
-                ItemResult(row.row, row.key, row.url, Status.FAILED, ErrorClass.INTERNAL, message, extra=row.extra)
+                ItemResult(
+                    row.row, row.key, row.url, Status.FAILED, ErrorClass.INTERNAL, message, extra=row.extra
+                )
             )
     return ShardReport(shard.shard_id, items)

@@ -82,3 +82,35 @@ def test_a_cancelled_waiter_passes_its_turn_on() -> None:
         assert a.in_flight == 1
 
     asyncio.run(scenario())
+
+
+def _settle(a: Admission, *, fetch_s: float, cpu_s: float, rounds: int = 400) -> None:
+    """Feed ``rounds`` downloads that took ``fetch_s`` and bodies that took ``cpu_s``."""
+
+    async def scenario() -> None:
+        for _ in range(rounds):
+            await a.start_download()
+            a.download_done(has_body=True, seconds=fetch_s)
+            a.processed(cpu_s)
+
+    asyncio.run(scenario())
+
+
+def test_the_backlog_grows_to_cover_a_round_trip_of_cheap_bodies() -> None:
+    # W1 at 100 ms: ~0.7 ms a body, so 32 bodies last 22 ms of a 100 ms round trip.
+    a = Admission(ceiling=256, backlog_limit=32, start=64)
+    _settle(a, fetch_s=0.100, cpu_s=0.0007)
+    assert a.backlog_limit == 215  # 1.5 round trips of bodies: ceil(1.5 * 0.1 / 0.0007)
+    _settle(a, fetch_s=0.100, cpu_s=0.0001)
+    assert a.backlog_limit == 256  # never past --concurrency
+
+
+def test_the_backlog_stays_at_its_floor_when_bodies_are_expensive_or_latency_is_low() -> None:
+    a = Admission(ceiling=256, backlog_limit=32, start=64)
+    _settle(a, fetch_s=0.100, cpu_s=0.0045)  # W2 at 100 ms: 1.5 round trips = 34 bodies
+    assert a.backlog_limit == 34
+    _settle(a, fetch_s=0.002, cpu_s=0.0007)  # loopback at 0 ms: no latency to hide
+    assert a.backlog_limit == 32
+    two = Admission(ceiling=256, backlog_limit=64, start=128, threads=2)
+    _settle(two, fetch_s=0.100, cpu_s=0.0045)  # two threads get through twice the bodies
+    assert two.backlog_limit == 67
