@@ -10,9 +10,9 @@ need opposite things from one ``--concurrency``:
   (~260 KB each; 256 of them per worker pushed the tree past 300 MB, measured in bench/).
 
 So a download starts only while fewer than ``backlog_limit`` bodies wait for (or are in)
-the CPU stage (the worker sets it to cover a round trip of decoding), and the in-flight cap starts small and grows by one for each download that
-completes while the cap was the binding limit (TCP's slow start: it doubles every round
-trip), up to ``--concurrency``. A worker process has one admission for all the shards it
+the CPU stage (see below), and the in-flight cap starts small and grows by one for each
+download that completes while the cap was the binding limit (TCP's slow start: it doubles
+every round trip), up to ``--concurrency``. A worker process has one admission for all the shards it
 holds (they overlap, worker.py), so only its first shard ramps up.
 
 The backlog limit is a floor, not a constant: it grows to the number of bodies the CPU
@@ -46,7 +46,7 @@ class Admission:
         "in_flight",
         "min_backlog",
         "threads",
-    )  # fmt: skip
+    )
 
     def __init__(self, ceiling: int, backlog_limit: int, *, start: int, threads: int = 1) -> None:
         self.ceiling = ceiling  # --concurrency
@@ -77,7 +77,7 @@ class Admission:
         self.in_flight += 1
 
     def download_done(self, *, has_body: bool, seconds: float | None = None) -> None:
-        if seconds is not None:
+        if seconds is not None and has_body:  # failures (timeouts...) say nothing of arrivals
             self._fetch_s = _average(self._fetch_s, seconds)
         if self.in_flight >= self.cap and self.backlog < self.backlog_limit:
             self.cap = min(self.ceiling, self.cap + 1)  # the cap was what held us back

@@ -114,3 +114,17 @@ def test_the_backlog_stays_at_its_floor_when_bodies_are_expensive_or_latency_is_
     two = Admission(ceiling=256, backlog_limit=64, start=128, threads=2)
     _settle(two, fetch_s=0.100, cpu_s=0.0045)  # two threads get through twice the bodies
     assert two.backlog_limit == 67
+
+
+def test_failed_downloads_do_not_stretch_the_round_trip() -> None:
+    a = Admission(ceiling=256, backlog_limit=32, start=64)
+    _settle(a, fetch_s=0.100, cpu_s=0.0045)
+
+    async def timeouts() -> None:
+        for _ in range(200):  # e.g. 30 s timeouts: no body arrived, nothing to cover
+            await a.start_download()
+            a.download_done(has_body=False, seconds=30.0)
+
+    asyncio.run(timeouts())
+    _settle(a, fetch_s=0.100, cpu_s=0.0045, rounds=1)  # the next body retargets the limit
+    assert a.backlog_limit == 34  # as before the timeouts; counted, 30 s would give 256
