@@ -20,7 +20,8 @@ from bench.run import ROOT, BenchServer, _pipeline_cmd
 
 def main() -> None:
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    # The bench server is on loopback, which the SSRF guard refuses unless told otherwise.
+    extra = ["--allow-private", *(argv[argv.index("--") + 1 :] if "--" in argv else [])]
     argv = argv[: argv.index("--")] if "--" in argv else argv
     workload, latency, rows = argv[0], int(argv[1]), int(argv[2])
     server = BenchServer(32)
