@@ -119,7 +119,7 @@ class _ShardLoop:
         sources = _sources(shard)
         with self._changed:
             self._waiting_rows += len(sources)
-            self._running += collect
+            self._running += 1 if collect else 0
         work = _run(shard, sources, config, store, self._download_started)
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
         if collect:
@@ -157,11 +157,12 @@ class _ShardLoop:
     def _finished(self, shard_id: int, future: concurrent.futures.Future[ShardReport]) -> None:
         with self._changed:
             self._running -= 1
+            exc = None if future.cancelled() else future.exception()
             if future.cancelled():
                 self._batch.failed.append((shard_id, "cancelled"))
-            elif isinstance(future.exception(), PipelineError):
-                self._fatal = future.exception()  # type: ignore[assignment]
-            elif (exc := future.exception()) is not None:
+            elif isinstance(exc, PipelineError):
+                self._fatal = exc
+            elif exc is not None:
                 self._batch.failed.append((shard_id, f"{type(exc).__name__}: {exc}"))
             else:
                 self._batch.reports.append(future.result())
