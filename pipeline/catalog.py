@@ -1,9 +1,10 @@
 """Stage 6: the SQLite catalog, where all state of a run lives.
 
-Only the parent process writes it, one transaction per finished shard (its item rows plus
-the shard's done mark), so a killed run never leaves half a shard behind: a shard is either
-in ``shards`` with every one of its rows in ``items``, or it is not there at all and runs
-again. WAL mode lets ``pipeline status`` read while a run writes.
+Only the parent process writes it, in transactions of finished rows (every second or so),
+each with the done marks of the shards it completes. A row in ``items`` is final: a resumed
+run does not fetch it again. A shard in ``shards`` has every one of its rows in ``items``; a
+shard without its mark is resumed at the rows it still lacks. WAL mode lets ``pipeline
+status`` read while a run writes.
 
 The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[i]`` is the SQL that moves
 a catalog from version ``i`` to ``i + 1``.
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import CatalogError, StorageError
-from pipeline.models import ItemResult, ShardReport, Status
+from pipeline.errors import CatalogError, PipelineError, StorageError
+from pipeline.models import ItemResult, ShardDone, ShardReport, Status
 
 CATALOG_NAME = "catalog.sqlite"
 
@@ -235,35 +236,66 @@ class Catalog:
         )
 
     def write_shard(self, report: ShardReport, *, extra_columns: tuple[str, ...] = ()) -> None:
-        """Commit one finished shard: its rows and its done mark, in one transaction."""
+        """Commit one whole shard: its rows and its done mark, in one transaction."""
+        done = ShardDone(report.shard_id, report.fetched, report.bytes_downloaded, report.elapsed_s, report.worker_pid)
+        self.write_rows([(report.shard_id, item) for item in report.items], [done], extra_columns=extra_columns)
+
+    def write_rows(
+        self,
+        rows: list[tuple[int, ItemResult]],
+        done: list[ShardDone] = (),  # type: ignore[assignment]
+        *,
+        extra_columns: tuple[str, ...] = (),
+    ) -> None:
+        """Commit finished rows, ``(shard id, item)``, and the done marks of the shards they
+        complete, in one transaction: a shard is marked done only together with its last row,
+        so after a kill every row in ``items`` is final and every shard in ``shards`` whole."""
         now = time.time()
         placeholders = ", ".join("?" for _ in ITEM_COLUMNS)
         try:
             with self.transaction():
                 self.db.executemany(
                     f"INSERT OR REPLACE INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({placeholders})",
-                    [_item_values(item, report.shard_id, now) for item in report.items],
+                    [_item_values(item, shard_id, now) for shard_id, item in rows],
                 )
-                # Counts come from items, not the report: a --retry-failed report holds only
-                # the rows it refetched.
-                ok, total = self.db.execute(
-                    "SELECT COUNT(*) FILTER (WHERE status = 'ok'), COUNT(*) FROM items WHERE shard_id = ?",
-                    (report.shard_id,),
-                ).fetchone()
-                self.db.execute(
-                    "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (report.shard_id, total, ok, total - ok, report.fetched, report.bytes_downloaded,
-                     round(report.elapsed_s, 3), report.worker_pid, now),
-                )  # fmt: skip
+                for shard in done:
+                    self._mark_done(shard, now)
                 if extra_columns:
-                    known = self.get_meta("extra_columns") or []
-                    merged = known + [c for c in extra_columns if c not in known]
-                    if merged != known:
-                        self._set_meta("extra_columns", merged)
+                    self._merge_extra_columns(extra_columns)
         except sqlite3.OperationalError as exc:
-            if "full" in str(exc) or "disk" in str(exc) or "readonly" in str(exc):
-                raise StorageError(f"cannot write the catalog {self.path}: {exc}") from exc
-            raise CatalogError(f"cannot write the catalog {self.path}: {exc}") from exc
+            raise _write_error(self.path, exc) from exc
+
+    def _mark_done(self, shard: ShardDone, now: float) -> None:
+        # Counts come from items, not from this invocation: a resumed or --retry-failed shard
+        # ran only part of its rows here.
+        ok, total = self.db.execute(
+            "SELECT COUNT(*) FILTER (WHERE status = 'ok'), COUNT(*) FROM items WHERE shard_id = ?",
+            (shard.shard_id,),
+        ).fetchone()
+        self.db.execute(
+            "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (shard.shard_id, total, ok, total - ok, shard.fetched, shard.bytes_downloaded,
+             round(shard.elapsed_s, 3), shard.worker_pid, now),
+        )  # fmt: skip
+
+    def _merge_extra_columns(self, extra_columns: tuple[str, ...]) -> None:
+        known = self.get_meta("extra_columns") or []
+        merged = known + [c for c in extra_columns if c not in known]
+        if merged != known:
+            self._set_meta("extra_columns", merged)
+
+    def committed_rows(self, shard_id: int) -> frozenset[int]:
+        """Rows of a shard already in the catalog (a resumed shard runs only the others)."""
+        return frozenset(r[0] for r in self.db.execute("SELECT row FROM items WHERE shard_id = ?", (shard_id,)))
+
+    def started_shards(self) -> set[int]:
+        """Shards with some rows committed but no done mark: an earlier run was killed mid-shard."""
+        return {
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT shard_id FROM items WHERE shard_id NOT IN (SELECT shard_id FROM shards)"
+            )
+        }
 
     def reset(self) -> None:
         """Forget every row and shard (``--force``); stored files stay, they are content-addressed."""
@@ -298,6 +330,12 @@ class Catalog:
         """Stream item rows in manifest order (``where`` is a trusted SQL fragment)."""
         sql = f"SELECT * FROM items {('WHERE ' + where) if where else ''} ORDER BY row"
         yield from self.db.execute(sql, params)
+
+
+def _write_error(path: Path, exc: sqlite3.OperationalError) -> PipelineError:
+    if "full" in str(exc) or "disk" in str(exc) or "readonly" in str(exc):
+        return StorageError(f"cannot write the catalog {path}: {exc}")
+    return CatalogError(f"cannot write the catalog {path}: {exc}")
 
 
 class _Transaction:

@@ -1,9 +1,10 @@
-"""Ways to run shards. Each takes a lazy stream of shards and yields one report per shard.
+"""Ways to run batches of rows. Each takes a lazy stream of batches (``schedule.py``) and
+yields the rows as they finish, in whatever order they finish.
 
 An executor never touches the catalog: the runner, in the parent, is the single writer.
-It keeps a bounded window of shards in flight, so memory does not grow with the manifest,
-and it never drops a shard: a shard that cannot be run after ``max_attempts`` comes back
-as a report whose rows are ``internal`` failures.
+It keeps a bounded window of rows in flight, so memory does not grow with the manifest,
+and it never drops a row: a row that cannot be run after ``max_attempts`` comes back as an
+``internal`` failure.
 """
 
 from __future__ import annotations
@@ -16,67 +17,91 @@ from typing import Protocol
 
 from pipeline.config import RunConfig, default_procs
 from pipeline.errors import PipelineError, UsageError
-from pipeline.models import Shard, ShardReport
-from pipeline.worker import ShardBatch, collect_shards, failed_report, feed_shard, init_worker
+from pipeline.models import ManifestRow, Shard
+from pipeline.schedule import BATCH_ROWS, batches, split
+from pipeline.worker import Finished, collect_rows, failed_items, feed_rows, init_worker
+
+# With nothing finished for this long, an executor yields an empty ``Finished`` anyway, so
+# the runner can commit what it holds while every worker waits on slow servers.
+TICK_S = 1.0
 
 
-class ShardExecutor(Protocol):
-    def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[ShardReport]: ...
+class RowExecutor(Protocol):
+    def run(self, batches: Iterable[Shard], config: RunConfig) -> Iterator[Finished]: ...
+
+
+def window_rows(procs: int, config: RunConfig) -> int:
+    """Rows handed to workers and not yet reported, at most: what ``procs`` processes can
+    hold (up to ``--concurrency`` downloads in flight each, as many bodies waiting for the
+    CPU, and a few batches waiting to start), so the window never starves them, and a row
+    stuck on a silent server takes one place in it, not a shard's worth."""
+    return procs * (2 * config.fetch.concurrency + 4 * BATCH_ROWS)
 
 
 class LocalExecutor:
-    """Shards on a ``ProcessPoolExecutor`` of ``procs`` spawned worker processes.
+    """Batches on a ``ProcessPoolExecutor`` of ``procs`` spawned worker processes.
 
     ``spawn`` rather than fork: the parent may hold SQLite handles, threads and (in Jupyter)
     a running event loop, none of which survive a fork safely.
 
-    Shards are fed, not run one per call: ``feed_shard`` returns as soon as its process is
-    about to run out of rows to start, with whatever shards that process finished, so the
-    next shard overlaps the end of the previous one (worker.py). Shards a process still
-    holds when nothing is left to feed come back through ``collect_shards`` calls.
+    Batches are fed, not run one per call: ``feed_rows`` returns as soon as its process is
+    about to run out of rows to start (a few milliseconds of its work), with the rows that
+    process finished, so every process pulls work at its own pace until the last row.
+    Rows a process still holds when nothing is left to feed come back through
+    ``collect_rows`` calls.
+
+    After a worker dies (OOM killer, a decoder crash), the rows that were out run again,
+    one batch at a time; a batch that kills its worker alone is halved until the row that
+    does it is found, and a row that kills ``max_attempts`` workers is recorded as
+    ``internal``. No other row is lost or failed.
     """
 
     def __init__(self, procs: int, *, window: int | None = None, max_attempts: int = 3) -> None:
         self.procs = procs
-        # Shards handed to workers and not yet reported: each process holds ~2 (one ending,
-        # one starting) plus one waiting in the pool's queue; a few more keep feeding going
-        # past a shard held up by one slow URL. All of them rerun after a kill.
-        self.window = window or 4 * procs
+        self.window = window  # rows; None: window_rows(procs, config)
         self.max_attempts = max_attempts
         self._pool: ProcessPoolExecutor | None = None
-        self._suspects: list[Shard] = []
-        self._held: dict[int, Shard] = {}  # shard id -> shard handed to a worker, no report yet
-        self._failures: dict[int, int] = {}
+        self._held: dict[int, ManifestRow] = {}  # row -> handed to a worker, not reported
+        self._suspects: list[Shard] = []  # batches to rerun alone after a death
+        self._alone: Shard | None = None  # the suspect batch running by itself
+        self._deaths: dict[int, int] = {}  # row -> workers it was alone with when they died
 
-    def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[ShardReport]:
-        source = iter(shards)
-        pending: dict[Future[ShardBatch], Shard | None] = {}  # a feed's shard; None: a collect
-        self._suspects, self._held, self._failures = [], {}, {}
+    def run(self, batches: Iterable[Shard], config: RunConfig) -> Iterator[Finished]:
+        source = iter(batches)
+        pending: dict[Future[Finished], Shard | None] = {}  # a feed's batch; None: a collect
+        self._held, self._suspects, self._deaths, self._alone = {}, [], {}, None
+        window = self.window or window_rows(self.procs, config)
         self._pool = self._new_pool()
         try:
             while True:
-                self._fill(pending, source, config)
+                self._fill(pending, source, config, window)
                 if not pending:
                     return
-                alone = len(self._held) == 1
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=TICK_S, return_when=FIRST_COMPLETED)
+                if not done:
+                    yield Finished()  # a tick: the runner commits what it holds
+                    continue
                 broken = False
                 for future in done:
                     fed = pending.pop(future)
                     try:
-                        batch = future.result()
+                        finished = future.result()
                     except BrokenProcessPool:
                         broken = True
                         continue
                     except PipelineError:
                         raise  # run-fatal (e.g. disk full): stop scheduling
-                    except Exception as exc:  # a bug feeding one shard must not stop the run
+                    except Exception as exc:  # a bug feeding one batch must not stop the run
                         if fed is None:
-                            raise  # collect_shards itself failed: no shard to blame, retrying would loop
-                        batch = ShardBatch(failed=[(fed.shard_id, f"{type(exc).__name__}: {exc}")])
-                    yield from self._accept(batch)
+                            raise  # collect_rows itself failed: no batch to blame, retrying would loop
+                        self._alone = None if fed is self._alone else self._alone
+                        yield self._retry_or_fail(self._still_held(fed.rows), f"{type(exc).__name__}: {exc}")
+                        continue
+                    if fed is not None and fed is self._alone:
+                        self._alone = None
+                    yield self._accept(finished)
                 if broken:
-                    yield from self._after_death(alone)
+                    yield self._after_death(config.shard_size)
                     pending.clear()
                     self.shutdown()
                     self._pool = self._new_pool()
@@ -84,56 +109,65 @@ class LocalExecutor:
             self.shutdown()
 
     def _fill(
-        self, pending: dict[Future[ShardBatch], Shard | None], source: Iterator[Shard], config: RunConfig
+        self, pending: dict[Future[Finished], Shard | None], source: Iterator[Shard], config: RunConfig, window: int
     ) -> None:
         assert self._pool is not None
+        if self._alone is not None:
+            return  # a suspect runs by itself until it ends
         if self._suspects:
-            # A dead worker breaks the whole pool and every shard in it, so after a death the
-            # shards that were in flight run one at a time: only then is a death attributable.
-            if not self._held and not pending:
-                shard = self._suspects.pop()
-                self._held[shard.shard_id] = shard
-                pending[self._pool.submit(feed_shard, shard, config, wait_all=True)] = shard
-        else:
-            while len(self._held) < self.window:
-                shard = next(source, None)
-                if shard is None:
-                    break
-                self._held[shard.shard_id] = shard
-                pending[self._pool.submit(feed_shard, shard, config)] = shard
+            # A dead worker breaks the whole pool and every row in it, so after a death the
+            # rows that were out run one batch at a time: only then is a death attributable.
+            self._alone = batch = self._suspects.pop()
+            self._hold(batch)
+            pending[self._pool.submit(feed_rows, batch, config, wait_all=True)] = batch
+            return
+        while len(self._held) < window:
+            batch = next(source, None)
+            if batch is None:
+                break
+            self._hold(batch)
+            pending[self._pool.submit(feed_rows, batch, config)] = batch
         if self._held and not pending:
-            # Nothing more to feed (or the window is full of shards still running): fetch
-            # what the processes finished. One call per process; each answers when it has
+            # Nothing more to feed (or the window is full of rows still running): fetch what
+            # the processes finished. One call per process; each answers when it has
             # something, or at once if it holds nothing.
-            pending.update((self._pool.submit(collect_shards), None) for _ in range(self.procs))
+            pending.update((self._pool.submit(collect_rows), None) for _ in range(self.procs))
 
-    def _accept(self, batch: ShardBatch) -> Iterator[ShardReport]:
-        for report in batch.reports:
-            if self._held.pop(report.shard_id, None) is not None:
-                yield report
-        for shard_id, reason in batch.failed:  # a bug in a shard must not stop the run
-            shard = self._held.pop(shard_id, None)
-            if shard is not None:
-                report = self._retry_or_fail(shard, reason)
-                if report is not None:
-                    yield report
+    def _hold(self, batch: Shard) -> None:
+        self._held.update((row.row, row) for row in batch.rows)
 
-    def _after_death(self, alone: bool) -> Iterator[ShardReport]:
-        held = list(self._held.values())
+    def _still_held(self, rows: Iterable[ManifestRow]) -> list[ManifestRow]:
+        return [row for row in rows if row.row in self._held]
+
+    def _accept(self, finished: Finished) -> Finished:
+        # A row reported twice (rerun after a death that came after its report) is kept once.
+        items = [item for item in finished.items if self._held.pop(item.row, None) is not None]
+        return Finished(items, finished.fetched, finished.bytes_downloaded, finished.worker_pid)
+
+    def _after_death(self, shard_size: int) -> Finished:
+        alone, self._alone = self._alone, None
+        if alone is not None:  # it ran by itself, so it is what killed its worker
+            return self._retry_or_fail(self._still_held(alone.rows), "worker process died")
+        by_shard: dict[int, list[ManifestRow]] = {}
+        for row in self._held.values():
+            by_shard.setdefault(row.row // shard_size, []).append(row)
         self._held.clear()
-        if alone and len(held) == 1:  # it ran by itself, so it is the one that killed its worker
-            report = self._retry_or_fail(held[0], "worker process died")
-            if report is not None:
-                yield report
-        else:
-            self._suspects.extend(held)
+        for shard_id, rows in by_shard.items():
+            self._suspects.extend(batches(rows, shard_id, BATCH_ROWS))
+        return Finished()
 
-    def _retry_or_fail(self, shard: Shard, reason: str) -> ShardReport | None:
-        self._failures[shard.shard_id] = tries = self._failures.get(shard.shard_id, 0) + 1
-        if tries < self.max_attempts:
-            self._suspects.append(shard)
-            return None
-        return failed_report(shard, f"{reason} (shard tried {tries} times)")
+    def _retry_or_fail(self, rows: list[ManifestRow], reason: str) -> Finished:
+        """Rows whose worker died (or whose feed failed) while they ran alone: each has one
+        more death to its name; those at ``max_attempts`` fail, the rest run again, halved."""
+        for row in rows:
+            self._held.pop(row.row, None)
+            self._deaths[row.row] = self._deaths.get(row.row, 0) + 1
+        again = [r for r in rows if self._deaths[r.row] < self.max_attempts]
+        for half in split(again):
+            if half:
+                self._suspects.append(Shard(half[0].row, tuple(half)))  # the id only labels it
+        out = [r for r in rows if self._deaths[r.row] >= self.max_attempts]
+        return Finished(failed_items(out, f"{reason} (tried {self.max_attempts} times)"))
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -141,12 +175,12 @@ class LocalExecutor:
         )
 
     def shutdown(self) -> None:
-        """Stop at once: running shards are abandoned (they have committed nothing)."""
+        """Stop at once: running rows are abandoned (they have committed nothing)."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        # The public API would wait for running shards to finish; abandoning them is safe
-        # because a shard commits nothing until the parent writes its report.
+        # The public API would wait for running batches to finish; abandoning them is safe
+        # because a row commits nothing until the parent writes it.
         processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
@@ -159,7 +193,7 @@ class LocalExecutor:
 EXECUTORS = ("local", "ray")
 
 
-def make_executor(name: str, *, procs: int | None = None, ray_address: str | None = None) -> ShardExecutor:
+def make_executor(name: str, *, procs: int | None = None, ray_address: str | None = None) -> RowExecutor:
     """The executor called ``name``: ``local`` (the default) or ``ray`` (needs ``pipeline[ray]``)."""
     if name == "local":
         if ray_address is not None:

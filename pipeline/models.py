@@ -119,3 +119,14 @@ class ShardReport:
     bytes_downloaded: int = 0
     elapsed_s: float = 0.0
     worker_pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ShardDone:
+    """A shard whose every row is in the catalog, with what running it cost (table ``shards``)."""
+
+    shard_id: int
+    fetched: int = 0
+    bytes_downloaded: int = 0
+    elapsed_s: float = 0.0
+    worker_pid: int | None = None  # the process that finished its last row

@@ -30,7 +30,7 @@ from typing import Any
 from pipeline.config import RunConfig
 from pipeline.errors import PipelineError, UsageError
 from pipeline.models import Shard, ShardReport
-from pipeline.worker import failed_report, run_shard
+from pipeline.worker import Finished, failed_items, run_shard
 
 
 def _import_ray() -> Any:
@@ -64,7 +64,7 @@ class RayExecutor:
         self.window = window
         self.max_attempts = max_attempts
 
-    def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[ShardReport]:
+    def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[Finished]:
         ray = self._ray
         started_here = self._connect()
         pending: dict[Any, Shard] = {}
@@ -92,8 +92,9 @@ class RayExecutor:
                         if tries < self.max_attempts:
                             again.append(shard)
                             continue
-                        report = failed_report(shard, f"{reason} (shard tried {tries} times)")
-                    yield report
+                        yield Finished(failed_items(shard.rows, f"{reason} (tried {tries} times)"))
+                        continue
+                    yield Finished(report.items, report.fetched, report.bytes_downloaded, report.worker_pid)
         finally:
             for ref in pending:  # an abandoned shard has committed nothing; it reruns next time
                 ray.cancel(ref, force=True)

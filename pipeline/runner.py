@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
 from pipeline.errors import PipelineError, ResumeRefused, StorageError, UsageError
-from pipeline.executors import LocalExecutor, ShardExecutor
+from pipeline.executors import LocalExecutor, RowExecutor
 from pipeline.limits import fit_open_files
 from pipeline.manifest import (
     ManifestSpec,
@@ -31,14 +31,16 @@ from pipeline.manifest import (
     open_manifest,
     read_rows,
 )  # fmt: skip
-from pipeline.models import Shard, ShardReport, Status
+from pipeline.models import ItemResult, Shard, ShardDone, Status
+from pipeline.schedule import ShardTracker, batch_size, batches
 from pipeline.shards import iter_shards, keep_rows
 from pipeline.store import open_store
+from pipeline.worker import invalid_item
 
 
 @dataclass(slots=True)
 class Progress:
-    """Counts for this invocation, updated after every committed shard."""
+    """Counts for this invocation, updated after every commit (every ~0.5 s)."""
 
     rows: int = 0
     rows_before: int = 0  # committed by earlier runs of the same manifest
@@ -98,7 +100,7 @@ def run(
     *,
     out: str | os.PathLike[str] | None = None,
     on_progress: ProgressCallback | None = None,
-    executor: ShardExecutor | None = None,
+    executor: RowExecutor | None = None,
     **options: Any,
 ) -> RunSummary:
     """Run a manifest into ``out`` and return the summary; the Python twin of ``pipeline run``.
@@ -140,7 +142,7 @@ def run_config(
     config: RunConfig,
     *,
     on_progress: ProgressCallback | None = None,
-    executor: ShardExecutor | None = None,
+    executor: RowExecutor | None = None,
 ) -> RunSummary:
     if config.local_root is None and spec.local_root is not None:
         config = replace(config, local_root=spec.local_root)
@@ -160,20 +162,26 @@ def run_config(
         else:  # a partition runs ~1/N of the rows: no exact total to show
             catalog.set_meta("partition", {"num_workers": config.num_workers, "worker_index": config.worker_index})
         extras = extra_columns(spec)
-        shards = _todo(catalog, spec, config, progress)
+        tracker = ShardTracker(config.shard_size)
+        commits = _Commits(catalog, tracker, extras, progress, on_progress)
+        work = _batches(_todo(catalog, spec, config, progress), tracker, commits, config.procs)
         executor = executor or LocalExecutor(config.procs)
-        reports = executor.run(shards, config)
+        finished = executor.run(work, config)
         try:
-            for report in reports:
-                catalog.write_shard(report, extra_columns=extras + _jsonl_extras(report, extras))
-                _count(progress, report)
-                if on_progress is not None:
-                    on_progress(progress)
+            for batch in finished:
+                commits.add(batch.items, batch.worker_pid)
+                commits.flush(due_only=True)
+            commits.flush()
+        except BaseException:
+            # Rows that finished are worth keeping whatever stops the run (Ctrl-C, a full
+            # disk for the files): the rerun will not fetch them again.
+            commits.flush_quietly()
+            raise
         finally:
             # Stop the workers *before* clearing their temp files: a Ctrl-C that lands here
             # (not inside the executor) would otherwise leave them writing until collected.
-            if hasattr(reports, "close"):
-                reports.close()
+            if hasattr(finished, "close"):
+                finished.close()
             store.clear_temp()
         return _summary(catalog, config, progress)
 
@@ -249,6 +257,7 @@ def _check_fingerprint(catalog: Catalog, spec: ManifestSpec, config: RunConfig) 
 def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Progress) -> Iterator[Shard]:
     """The shards this invocation must run, streamed; records the total once it is known."""
     done = catalog.done_shards()
+    started = catalog.started_shards()  # killed mid-shard: run only the rows not committed
     failed = catalog.shards_with_failures() if config.retry_failed else set()
     total = mine = 0
     for shard in iter_shards(read_rows(spec), config.shard_size):
@@ -258,7 +267,10 @@ def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Pro
         if shard.shard_id % config.num_workers != config.worker_index:
             continue
         mine += 1
-        if shard.shard_id not in done:
+        if shard.shard_id in started:
+            committed = catalog.committed_rows(shard.shard_id)
+            yield Shard(shard.shard_id, tuple(r for r in shard.rows if r.row not in committed))
+        elif shard.shard_id not in done:
             yield shard
         elif shard.shard_id in failed:
             retry = keep_rows(shard, catalog.failed_rows(shard.shard_id))
@@ -271,17 +283,83 @@ def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Pro
         catalog.set_meta("manifest_shards", total)  # what the merged catalog will expect
 
 
-def _jsonl_extras(report: ShardReport, known: tuple[str, ...]) -> tuple[str, ...]:
+# Finished rows are committed at least this often, and at once when this many are waiting:
+# a kill loses at most the rows finished in the last half second (plus those in flight).
+COMMIT_EVERY_S = 0.5
+COMMIT_ROWS = 2000
+
+
+def _batches(shards: Iterator[Shard], tracker: ShardTracker, commits: _Commits, procs: int) -> Iterator[Shard]:
+    """The shards to run, as the batches workers receive; invalid rows are recorded here,
+    in the parent (there is nothing to fetch)."""
+    for shard in shards:
+        if not shard.rows:  # a resumed shard with every row committed but no done mark
+            commits.add_done(ShardDone(shard.shard_id))
+            continue
+        tracker.expect(shard)
+        commits.add([invalid_item(r) for r in shard.rows if r.invalid is not None])
+        valid = [r for r in shard.rows if r.invalid is None]
+        yield from batches(valid, shard.shard_id, batch_size(len(valid), procs))
+
+
+class _Commits:
+    """Finished rows on their way to the catalog: one transaction every ``COMMIT_EVERY_S``,
+    holding the done marks of the shards it completes; progress is counted per commit."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        tracker: ShardTracker,
+        extras: tuple[str, ...],
+        progress: Progress,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.catalog, self.tracker, self.extras = catalog, tracker, extras
+        self.progress, self.on_progress = progress, on_progress
+        self._rows: list[tuple[int, ItemResult]] = []
+        self._done: list[ShardDone] = []
+        self._last = time.monotonic()
+
+    def add(self, items: list[ItemResult], worker_pid: int | None = None) -> None:
+        self._rows.extend((self.tracker.shard_of(item), item) for item in items)
+        self._done.extend(self.tracker.finish(items, worker_pid))
+
+    def add_done(self, shard: ShardDone) -> None:
+        self._done.append(shard)
+
+    def flush(self, *, due_only: bool = False) -> None:
+        now = time.monotonic()
+        if due_only and len(self._rows) < COMMIT_ROWS and now - self._last < COMMIT_EVERY_S:
+            return
+        self._last = now
+        if not self._rows and not self._done:
+            return
+        rows, done = self._rows, self._done
+        extras = self.extras + _jsonl_extras([item for _, item in rows], self.extras)
+        self.catalog.write_rows(rows, done, extra_columns=extras)
+        self._rows, self._done = [], []
+        _count(self.progress, [item for _, item in rows], len(done))
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    def flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except (PipelineError, OSError):
+            pass  # the error that stopped the run is the one to report
+
+
+def _jsonl_extras(items: list[ItemResult], known: tuple[str, ...]) -> tuple[str, ...]:
     if known:
         return ()
-    return tuple(dict.fromkeys(name for item in report.items for name, _ in item.extra))
+    return tuple(dict.fromkeys(name for item in items for name, _ in item.extra))
 
 
-def _count(progress: Progress, report: ShardReport) -> None:
-    progress.rows += len(report.items)
-    progress.by_status.update(item.status.value for item in report.items)
-    progress.bytes += report.bytes_downloaded
-    progress.shards_done += 1
+def _count(progress: Progress, items: list[ItemResult], shards_done: int) -> None:
+    progress.rows += len(items)
+    progress.by_status.update(item.status.value for item in items)
+    progress.bytes += sum(item.image.bytes for item in items if item.image)
+    progress.shards_done += shards_done
 
 
 def _summary(catalog: Catalog, config: RunConfig, progress: Progress) -> RunSummary:

@@ -28,7 +28,8 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,30 +44,40 @@ from pipeline.store import Store, open_store
 # the parent imports this module only to name ``run_shard``, and importing them there cost
 # ~0.3 s of start-up and ~30 MB of its RSS (measured, bench/README.md).
 
-# A process asks for its next shard when this few of its rows are still waiting to start a
-# download: ~50 ms of work at W1's rate, far more than the ~1 ms the next shard takes to
-# arrive (it already waits in the pool's call queue).
-LOW_WATER_ROWS = 64
+# A feed call returns (so the process receives its next batch) once its rows still waiting to
+# start would last less than this at its recent rate of starts: the next batch already waits
+# in the pool's call queue and arrives in well under a millisecond.
+LOW_WATER_S = 0.05
+# ... bounded so that a fast worker (W1: ~2,000 starts/s) keeps a few dozen rows ready and a
+# slow one (12 MP photos from a folder: ~15/s) holds only a couple: a process that holds many
+# rows of slow work at the end of a run is the whole tail (issue 10: one worker per folder).
+LOW_WATER_ROWS = (2, 64)
+# A feed call also returns after this long when rows finished meanwhile, so they reach the
+# catalog even while the process's downloads wait on slow hosts.
+REPORT_EVERY_S = 1.0
 # A collect call that finds nothing running waits this long before answering, so that idle
-# processes do not spin with the parent while another process finishes its last shard.
+# processes do not spin with the parent while another process finishes its last rows.
 IDLE_COLLECT_S = 0.05
 
-_cpu_pools: dict[int, ThreadPoolExecutor] = {}  # one per process, reused by every shard it runs
-# Touched only on the loop thread. One admission per process: shards that overlap share the
-# requests in flight and the bodies waiting for the CPU.
-_admissions: dict[tuple[int, int], Admission] = {}
-# One aiohttp session per process, kept from shard to shard: a new session per shard
+_cpu_pools: dict[int, ThreadPoolExecutor] = {}  # one per process, reused by every batch it runs
+# Touched only on the loop thread. One admission per process and kind of source: batches that
+# overlap share the requests in flight and the bodies waiting for the CPU.
+_admissions: dict[tuple[int, int, bool], Admission] = {}
+# One aiohttp session per process, kept from batch to batch: a new session per shard
 # reconnected to every host (8,192 connects for 16,000 URLs in bench's W1; connect +
 # SSL-context set-up were ~6% of the worker's CPU in the profile).
 _sessions: dict[FetchOptions, object] = {}
 
 
 @dataclass(slots=True)
-class ShardBatch:
-    """What ``feed_shard`` and ``collect_shards`` hand back: shards finished since last time."""
+class Finished:
+    """What ``feed_rows`` and ``collect_rows`` hand back: the rows this process finished
+    since its last answer (any batch, any order), and what they cost."""
 
-    reports: list[ShardReport] = field(default_factory=list)
-    failed: list[tuple[int, str]] = field(default_factory=list)  # (shard id, why): a bug, retried
+    items: list[ItemResult] = field(default_factory=list)
+    fetched: int = 0  # downloads or file reads made (a repeated source within a batch: once)
+    bytes_downloaded: int = 0
+    worker_pid: int = 0
 
 
 def init_worker() -> None:
@@ -74,99 +85,125 @@ def init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_shard(shard: Shard, config: RunConfig) -> ShardReport:
-    """Fetch and process every row of ``shard``; never raises for a per-item failure.
+def run_shard(batch: Shard, config: RunConfig) -> ShardReport:
+    """Fetch and process every row of ``batch`` (a shard or part of one) and return them all;
+    never raises for a per-item failure. One call per batch: Ray's task.
 
     Raises ``StorageError`` when OUT cannot be written: every later item would fail too.
     """
-    return _shard_loop().submit(shard, config, collect=False).result()
+    started = time.perf_counter()
+    done = Finished(worker_pid=os.getpid())
+    _row_loop().submit(batch, config, done).result()
+    report = ShardReport(batch.shard_id, sorted(done.items, key=lambda item: item.row))
+    report.fetched, report.bytes_downloaded = done.fetched, done.bytes_downloaded
+    report.elapsed_s = time.perf_counter() - started
+    report.worker_pid = done.worker_pid
+    return report
 
 
-def feed_shard(shard: Shard, config: RunConfig, *, wait_all: bool = False) -> ShardBatch:
-    """Start ``shard`` here; return once this process needs more rows (or, with
-    ``wait_all``, once it has finished everything it holds), with the shards finished so far.
+def feed_rows(batch: Shard, config: RunConfig, *, wait_all: bool = False) -> Finished:
+    """Start ``batch`` here; return once this process needs more rows (or, with
+    ``wait_all``, once it has finished everything it holds), with the rows finished so far.
 
-    Raises ``StorageError`` (run-fatal) if any shard of this process met one.
+    Raises ``StorageError`` (run-fatal) if any row of this process met one.
     """
-    loop = _shard_loop()
-    loop.submit(shard, config, collect=True)
+    loop = _row_loop()
+    loop.submit(batch, config, None)
     return loop.take(until_idle=wait_all)
 
 
-def collect_shards() -> ShardBatch:
-    """The shards this process finished since the last call; waits for at least one if any
-    is still running here."""
-    return _shard_loop().take(until_idle=False, at_least_one=True)
+def collect_rows() -> Finished:
+    """The rows this process finished since the last call; waits for at least one if any is
+    still running here."""
+    return _row_loop().take(until_idle=False, at_least_one=True)
 
 
-class _ShardLoop:
-    """This process's event loop, on a thread of its own, and the shards running on it."""
+class _RowLoop:
+    """This process's event loop, on a thread of its own, and the rows running on it.
+
+    Rows, not shards, are what a process holds and reports: each finished row goes to the
+    parent with the next answer, so a row waiting on a silent server holds one download slot
+    and nothing else (issue 10: a 500-row shard held back by one URL that never answers).
+    """
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="pipeline-loop", daemon=True)
         self._thread.start()
         self._changed = threading.Condition()
-        self._waiting_rows = 0  # rows submitted here whose download has not started yet
-        self._running = 0  # collected shards submitted here and not finished
-        self._batch = ShardBatch()
+        self._waiting = 0  # fed sources whose download has not started yet
+        self._running = 0  # fed sources not finished
+        self._starts: deque[float] = deque(maxlen=32)  # recent download starts: the process's pace
+        self._done = Finished(worker_pid=os.getpid())
         self._fatal: PipelineError | None = None
 
-    def submit(
-        self, shard: Shard, config: RunConfig, *, collect: bool
-    ) -> concurrent.futures.Future[ShardReport]:
+    def submit(self, batch: Shard, config: RunConfig, into: Finished | None) -> concurrent.futures.Future[None]:
+        """Run ``batch`` on the loop; its rows go to ``into``, or (None) to the next answer."""
         store = open_store(config.out, partition=config.partition)
-        sources = _sources(shard)
+        by_source = _by_source(batch)
+        invalid = [_item(row, None) for row in batch.rows if row.invalid is not None]
         with self._changed:
-            self._waiting_rows += len(sources)
-            self._running += 1 if collect else 0
-        work = _run(shard, sources, config, store, self._download_started)
-        future = asyncio.run_coroutine_threadsafe(work, self.loop)
-        if collect:
-            future.add_done_callback(functools.partial(self._finished, shard.shard_id))
+            self._waiting += len(by_source)
+            if into is None:
+                self._running += len(by_source)
+                self._done.items.extend(invalid)
+            else:
+                into.items.extend(invalid)
+        hooks = _Hooks(self._started, self._finished if into is None else functools.partial(_collect, into))
+        future = asyncio.run_coroutine_threadsafe(_run(by_source, config, store, hooks), self.loop)
+        if into is None:
+            future.add_done_callback(self._batch_ended)
         return future
 
-    def take(self, *, until_idle: bool, at_least_one: bool = False) -> ShardBatch:
+    def take(self, *, until_idle: bool, at_least_one: bool = False) -> Finished:
+        since = time.monotonic()
         with self._changed:
-            if at_least_one and not self._running and not self._has_results():
+            if at_least_one and not self._running and not self._done.items:
                 self._changed.wait(IDLE_COLLECT_S)
-            self._changed.wait_for(lambda: self._ready(until_idle, at_least_one))
+            while not self._ready(until_idle, at_least_one, since):
+                self._changed.wait(REPORT_EVERY_S / 4)
             if self._fatal is not None:
                 raise self._fatal
-            batch, self._batch = self._batch, ShardBatch()
-            return batch
+            done, self._done = self._done, Finished(worker_pid=os.getpid())
+            return done
 
-    def _ready(self, until_idle: bool, at_least_one: bool) -> bool:
+    def _ready(self, until_idle: bool, at_least_one: bool, since: float) -> bool:
         if self._fatal is not None or not self._running:
             return True
         if until_idle:
             return False
         if at_least_one:
-            return self._has_results()
-        return self._waiting_rows <= LOW_WATER_ROWS
+            return bool(self._done.items)
+        if self._done.items and time.monotonic() - since >= REPORT_EVERY_S:
+            return True
+        return self._waiting <= self._low_water()
 
-    def _has_results(self) -> bool:
-        return bool(self._batch.reports or self._batch.failed)
+    def _low_water(self) -> int:
+        low, high = LOW_WATER_ROWS
+        if len(self._starts) < 2 or self._starts[-1] <= self._starts[0]:
+            return low
+        rate = (len(self._starts) - 1) / (self._starts[-1] - self._starts[0])
+        return max(low, min(high, round(rate * LOW_WATER_S)))
 
-    def _download_started(self) -> None:
+    def _started(self) -> None:
         with self._changed:
-            self._waiting_rows -= 1
-            if self._waiting_rows == LOW_WATER_ROWS:
+            self._waiting -= 1
+            self._starts.append(time.monotonic())
+            if self._waiting <= LOW_WATER_ROWS[1]:
                 self._changed.notify_all()
 
-    def _finished(self, shard_id: int, future: concurrent.futures.Future[ShardReport]) -> None:
+    def _finished(self, items: list[ItemResult], fetched: FetchResult | None, image: ImageInfo | None) -> None:
         with self._changed:
             self._running -= 1
-            exc = None if future.cancelled() else future.exception()
-            if future.cancelled():
-                self._batch.failed.append((shard_id, "cancelled"))
-            elif isinstance(exc, PipelineError):
-                self._fatal = exc
-            elif exc is not None:
-                self._batch.failed.append((shard_id, f"{type(exc).__name__}: {exc}"))
-            else:
-                self._batch.reports.append(future.result())
+            _collect(self._done, items, fetched, image)
             self._changed.notify_all()
+
+    def _batch_ended(self, future: concurrent.futures.Future[None]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if isinstance(exc, PipelineError):
+            with self._changed:
+                self._fatal = exc
+                self._changed.notify_all()
 
     def close(self) -> None:
         """Close the sessions inside their loop (else aiohttp warns about them at exit)."""
@@ -180,20 +217,34 @@ class _ShardLoop:
         self.loop.close()
 
 
-_the_loop: _ShardLoop | None = None
+def _collect(into: Finished, items: list[ItemResult], fetched: FetchResult | None, image: ImageInfo | None) -> None:
+    into.items.extend(items)
+    into.fetched += fetched is not None
+    into.bytes_downloaded += image.bytes if image is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Hooks:
+    """How ``_run`` tells its process about progress (called on the loop thread)."""
+
+    started: Callable[[], None]  # a source's download starts
+    finished: Callable[[list[ItemResult], FetchResult | None, ImageInfo | None], None]
+
+
+_the_loop: _RowLoop | None = None
 _the_loop_lock = threading.Lock()
 
 
-def _shard_loop() -> _ShardLoop:
+def _row_loop() -> _RowLoop:
     global _the_loop
     with _the_loop_lock:
         if _the_loop is None:
-            _the_loop = _ShardLoop()
-            atexit.register(_close_shard_loop)
+            _the_loop = _RowLoop()
+            atexit.register(_close_row_loop)
         return _the_loop
 
 
-def _close_shard_loop() -> None:
+def _close_row_loop() -> None:
     global _the_loop
     with _the_loop_lock:
         loop, _the_loop = _the_loop, None
@@ -218,21 +269,30 @@ def _cpu_pool(threads: int) -> ThreadPoolExecutor:
     return pool
 
 
-def _admission(config: RunConfig) -> Admission:
-    # At least 32 bodies per CPU thread (more when bodies are cheap, see admission.py): with
-    # 8 the queue ran dry while the next downloads were on their way (W2 at 100 ms: 330 vs
-    # 410 images/s at 0 ms); with 32 the rates match (390 vs 405-417) for +35 MB of tree RSS.
+def _admission(config: RunConfig, local: bool) -> Admission:
+    # At least 32 bodies per CPU thread for downloads (more when bodies are cheap, see
+    # admission.py): with 8 the queue ran dry while the next downloads were on their way (W2
+    # at 100 ms: 330 vs 410 images/s at 0 ms); with 32 the rates match (390 vs 405-417) for
+    # +35 MB of tree RSS. A local file arrives in a millisecond, so two per thread keep the
+    # CPU fed; more would only be rows held by this process at the end of a run (a folder of
+    # 12 MP photos: 32 of them are 2 s of work the other process could have done).
     threads = max(1, config.cpu_threads)
-    key = (config.fetch.concurrency, threads)
+    key = (config.fetch.concurrency, threads, local)
     limit = _admissions.get(key)
     if limit is None:
-        limit = _admissions[key] = Admission(key[0], 32 * threads, start=64 * threads, threads=threads)
+        floor = (2 if local else 32) * threads
+        limit = _admissions[key] = Admission(key[0], floor, start=64 * threads, threads=threads)
     return limit
 
 
-def _sources(shard: Shard) -> list[str]:
-    # A repeated URL is fetched once per shard; every row naming it gets the same outcome.
-    return list(dict.fromkeys(r.source for r in shard.rows if r.invalid is None))
+def _by_source(batch: Shard) -> dict[str, list[ManifestRow]]:
+    # A repeated URL is fetched once per batch; every row naming it gets the same outcome
+    # (the parent keeps a shard's rows of one source in one batch: schedule.py).
+    by_source: dict[str, list[ManifestRow]] = {}
+    for row in batch.rows:
+        if row.invalid is None:
+            by_source.setdefault(row.source, []).append(row)
+    return by_source
 
 
 @dataclass(slots=True)
@@ -245,30 +305,50 @@ class _Outcome:
     error_message: str | None = None
 
 
-async def _run(
-    shard: Shard, sources: list[str], config: RunConfig, store: Store, on_started: Callable[[], None]
-) -> ShardReport:
-    started = time.perf_counter()
-    pool = _cpu_pool(config.cpu_threads)
-    limit = _admission(config)
-    session = _session(config.fetch) if any(not _is_local(s) for s in sources) else None
-    one = functools.partial(_one, session=session, limit=limit, config=config, store=store, pool=pool)
-    tasks = [asyncio.ensure_future(one(source, on_started)) for source in sources]
+async def _run(by_source: dict[str, list[ManifestRow]], config: RunConfig, store: Store, hooks: _Hooks) -> None:
     try:
-        outcomes = dict(zip(sources, await asyncio.gather(*tasks)))
+        pool = _cpu_pool(config.cpu_threads)
+        session = _session(config.fetch) if any(not _is_local(s) for s in by_source) else None
+    except Exception as exc:  # noqa: BLE001 - a bug setting up: every row says so, none is lost
+        for rows in by_source.values():
+            hooks.started()
+            hooks.finished(failed_items(rows, f"{type(exc).__name__}: {exc} ({_where(exc)})"), None, None)
+        return
+    tasks = [
+        asyncio.ensure_future(_row(source, rows, hooks, session=session, config=config, store=store, pool=pool))
+        for source, rows in by_source.items()
+    ]
+    try:
+        await asyncio.gather(*tasks)
     except BaseException:
-        # The loop outlives this shard: nothing of it may keep running into the next one.
+        # The loop outlives this batch: nothing of it may keep running into the next one.
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    report = ShardReport(shard.shard_id)
-    report.items = [_item(row, outcomes.get(row.source)) for row in shard.rows]
-    report.fetched = len(sources)
-    report.bytes_downloaded = sum(o.image.bytes for o in outcomes.values() if o.image)
-    report.elapsed_s = time.perf_counter() - started
-    report.worker_pid = os.getpid()
-    return report
+
+
+async def _row(
+    source: str,
+    rows: list[ManifestRow],
+    hooks: _Hooks,
+    *,
+    session: object,
+    config: RunConfig,
+    store: Store,
+    pool: ThreadPoolExecutor,
+) -> None:
+    """One source, start to finish, reported the moment it ends (never raises for the item)."""
+    limit = _admission(config, _is_local(source))
+    try:
+        outcome = await _one(source, hooks.started, session=session, limit=limit, config=config, store=store, pool=pool)
+    except PipelineError:
+        raise  # run-fatal (OUT unwritable): the parent stops the run
+    except Exception as exc:  # noqa: BLE001 - a bug on one row must not take its batch down
+        message = f"{type(exc).__name__}: {exc} ({_where(exc)})"
+        hooks.finished(failed_items(rows, message), None, None)
+        return
+    hooks.finished([_item(row, outcome) for row in rows], outcome.fetch, outcome.image)
 
 
 def _is_local(source: str) -> bool:
@@ -341,13 +421,14 @@ def _process(
         raise  # OUT is unwritable: fatal for the run, not for this item
     except MemoryError:
         return None, ErrorClass.TOO_MANY_PIXELS, "out of memory while decoding"
-    except Exception as exc:  # noqa: BLE001 - one bad image must not take its shard down
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        return (
-            None,
-            ErrorClass.INTERNAL,
-            f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})",
-        )
+    except Exception as exc:  # noqa: BLE001 - one bad image must not take its batch down
+        return None, ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc} ({_where(exc)})"
+
+
+def _where(exc: BaseException) -> str:
+    """``file.py:123`` where ``exc`` was raised, for the bug report."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
 
 
 def _read_local(path: str, max_bytes: int) -> FetchResult:
@@ -401,16 +482,17 @@ def _item(row: ManifestRow, outcome: _Outcome | None) -> ItemResult:
     )
 
 
-def failed_report(shard: Shard, message: str) -> ShardReport:
-    """Every fetchable row of ``shard`` recorded as ``internal`` (e.g. its worker kept dying)."""
-    items = []
-    for row in shard.rows:
-        if row.invalid is not None:
-            items.append(_item(row, None))
-        else:
-            items.append(
-                ItemResult(
-                    row.row, row.key, row.url, Status.FAILED, ErrorClass.INTERNAL, message, extra=row.extra
-                )
-            )
-    return ShardReport(shard.shard_id, items)
+def invalid_item(row: ManifestRow) -> ItemResult:
+    """The catalog row of a manifest row that was unusable (nothing to fetch)."""
+    return _item(row, None)
+
+
+def failed_items(rows: Iterable[ManifestRow], message: str) -> list[ItemResult]:
+    """``rows`` recorded as ``internal`` failures (e.g. their worker kept dying); invalid rows
+    keep their own reason."""
+    return [
+        _item(row, None)
+        if row.invalid is not None
+        else ItemResult(row.row, row.key, row.url, Status.FAILED, ErrorClass.INTERNAL, message, extra=row.extra)
+        for row in rows
+    ]

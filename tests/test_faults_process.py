@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
 import re
@@ -108,18 +109,27 @@ def alive(pid: int) -> bool:
 
 
 def assert_consistent(out: Path) -> dict[int, sqlite3.Row]:
-    """The catalog is whole, each committed shard has all its rows and nothing else exists."""
+    """The catalog is whole, each shard marked done has all its rows, a shard not marked
+    done has only some (rows are committed as they finish), every committed row names its
+    own shard and nothing else exists."""
     db = sqlite3.connect(out / "catalog.sqlite")
     db.row_factory = sqlite3.Row
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     shards = {r["shard_id"]: r["rows"] for r in db.execute("SELECT shard_id, rows FROM shards")}
     per_shard = dict(db.execute("SELECT shard_id, COUNT(*) FROM items GROUP BY shard_id").fetchall())
-    assert per_shard == shards  # no orphan rows of an uncommitted shard, no half shard
+    assert all(per_shard.get(shard) == count for shard, count in shards.items())  # no half shard marked done
+    size = _shard_size(db)
+    assert all(r["row"] // size == r["shard_id"] for r in db.execute("SELECT row, shard_id FROM items"))
     rows = {r["row"]: r for r in db.execute("SELECT * FROM items")}
     db.close()
     tmp = out / ".tmp"
     assert not tmp.exists() or not any(tmp.iterdir())
     return rows
+
+
+def _shard_size(db: sqlite3.Connection) -> int:
+    (value,) = db.execute("SELECT value FROM meta WHERE name = 'fingerprint'").fetchone()
+    return int(json.loads(value)["options"]["shard_size"])
 
 
 def file_hashes(out: Path) -> dict[Path, str]:
@@ -162,9 +172,11 @@ def _socket_owner(peer_port: int, candidates: list[int]) -> int | None:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_shard_is_retried_then_recorded_as_internal(tmp_path: Path) -> None:
+def test_a_worker_killed_by_one_row_fails_that_row_only(tmp_path: Path) -> None:
     """SIGKILL the worker process that requests /die, every time: the pool is rebuilt, the
-    shard is retried alone, and after 3 deaths its rows become `internal`; the rest finish."""
+    rows that were out rerun one batch at a time, the batch that kills alone is halved until
+    the killer row is found, and after 3 deaths with it alone that row (and only it) becomes
+    `internal`; every other row, its shard mates included, ends ok."""
     killed: list[int] = []
 
     async def die(request: Request, writer: asyncio.StreamWriter) -> None:
@@ -182,16 +194,16 @@ def test_a_worker_killed_mid_shard_is_retried_then_recorded_as_internal(tmp_path
         result = CliRunner().invoke(main, cli_cmd(manifest, out, "--procs", "2", "--shard-size", "4")[3:])
         assert result.exit_code == 0, result.output
         deaths = len(srv.requests("/die"))
-    # 3 deaths while the shard ran alone; one more if its first death was not attributable
-    # (another shard was in flight in the same pool, so both were retried one at a time).
+    # Batches of this manifest hold 1 row (12 rows, 2 processes), so every death after the
+    # first is attributable: 3 with the row alone, plus the first one if other rows were out.
     assert deaths in (3, 4)
     assert len(set(killed)) == deaths  # each attempt ran in a fresh worker: the pool was rebuilt
     rows = assert_consistent(out)
     assert sorted(rows) == list(range(12))
     for n, row in rows.items():
-        if 4 <= n < 8:
+        if n == 5:
             assert (row["status"], row["error_class"]) == ("failed", "internal")
-            assert row["error_message"] == "worker process died (shard tried 3 times)"
+            assert row["error_message"] == "worker process died (tried 3 times)"
         else:
             assert row["status"] == "ok", row["error_message"]
 
