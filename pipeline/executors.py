@@ -19,7 +19,7 @@ from pipeline.config import RunConfig, default_procs
 from pipeline.errors import PipelineError, UsageError
 from pipeline.models import ManifestRow, Shard
 from pipeline.schedule import BATCH_ROWS, batches, split
-from pipeline.worker import Finished, collect_rows, failed_items, feed_rows, init_worker
+from pipeline.worker import Finished, collect_rows, failed_items, feed_rows, init_worker, ready
 
 # With nothing finished for this long, an executor yields an empty ``Finished`` anyway, so
 # the runner can commit what it holds while every worker waits on slow servers.
@@ -127,11 +127,13 @@ class LocalExecutor:
                 break
             self._hold(batch)
             pending[self._pool.submit(feed_rows, batch, config)] = batch
-        if self._held and not pending:
+        collects = sum(1 for batch in pending.values() if batch is None)
+        if self._held and len(pending) == collects:
             # Nothing more to feed (or the window is full of rows still running): fetch what
-            # the processes finished. One call per process; each answers when it has
-            # something, or at once if it holds nothing.
-            pending.update((self._pool.submit(collect_rows), None) for _ in range(self.procs))
+            # the processes finished. A call per process, topped up as each answers (with
+            # something, or after a moment if it holds nothing): a process stuck waiting on
+            # a silent server must not hold back the rows another one finished.
+            pending.update((self._pool.submit(collect_rows), None) for _ in range(self.procs - collects))
 
     def _hold(self, batch: Shard) -> None:
         self._held.update((row.row, row) for row in batch.rows)
@@ -170,9 +172,15 @@ class LocalExecutor:
         return Finished(failed_items(out, f"{reason} (tried {self.max_attempts} times)"))
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            self.procs, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(
+            self.procs, mp_context=context, initializer=init_worker, initargs=(context.Barrier(self.procs),)
         )
+        # The pool starts a process per call it has no idle process for: one call each starts
+        # them all at once, and the barrier in init_worker holds them until all are up.
+        for _ in range(self.procs):
+            pool.submit(ready)
+        return pool
 
     def shutdown(self) -> None:
         """Stop at once: running rows are abandoned (they have committed nothing)."""
