@@ -38,8 +38,13 @@ class FetchOptions:
     per_host: int = 8  # connections per host per worker process
     timeout: float = 30.0  # total deadline of one attempt, seconds
     connect_timeout: float = 10.0
-    read_timeout: float = 15.0  # longest silence between two reads of a body
+    # Longest silence between two reads (headers included). 10 s, as img2dataset: a server
+    # silent that long rarely answers at all, and each silent URL costs this per attempt.
+    read_timeout: float = 10.0
     retries: int = 2  # extra attempts after the first, for transient failures only
+    # ... of which at most this many after a timeout: a URL that never answers cost 3 x 15 s
+    # + backoff = ~46 s with the general budget and held the end of the run (issue 10).
+    timeout_retries: int = 1
     backoff_base: float = 0.5  # first backoff ceiling, seconds; doubles each attempt
     backoff_max: float = 20.0
     max_retry_after: float = 60.0  # a server's Retry-After is clamped to this
@@ -63,6 +68,7 @@ class FetchOptions:
         _require(self.connect_timeout > 0, "--connect-timeout must be positive")
         _require(self.read_timeout > 0, "--read-timeout must be positive")
         _require(self.retries >= 0, "--retries must be 0 or more")
+        _require(self.timeout_retries >= 0, "--timeout-retries must be 0 or more")
         _require(self.backoff_base >= 0 and self.backoff_max >= 0, "backoff must be >= 0")
         _require(self.max_retry_after >= 0, "--max-retry-after must be 0 or more")
         _require(self.max_bytes >= 1, "--max-bytes must be at least 1")

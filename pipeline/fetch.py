@@ -309,7 +309,7 @@ async def fetch_url(
     rng = rng or _RNG
     started = time.perf_counter()
     cooldowns = _COOLDOWNS.get(session)
-    attempts = 0
+    attempts = timeouts = 0
     delay = 0.0
     while True:
         # One wait per attempt: the backoff, or longer if the host is cooling down.
@@ -325,9 +325,10 @@ async def fetch_url(
                 error_message=f"unexpected {type(exc).__name__}: {_short(exc)}",
             )
         attempts += 1
+        timeouts += outcome.error_class is ErrorClass.TIMEOUT
         if outcome.retry_after is not None and cooldowns is not None:
             cooldowns.hold(outcome.progress.final_url, min(outcome.retry_after, options.max_retry_after))
-        if not outcome.retry or attempts > options.retries:
+        if not outcome.retry or attempts > options.retries or timeouts > options.timeout_retries:
             break
         delay = retry_delay(attempts - 1, outcome.retry_after, options, rng)
     progress = outcome.progress

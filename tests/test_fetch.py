@@ -285,6 +285,16 @@ def test_no_response_within_timeout_is_retried_then_timeout():
     assert result.error_message == "no complete response within 0.5 s"
 
 
+@pytest.mark.parametrize(("timeout_retries", "attempts"), [(0, 1), (1, 2), (2, 3)])
+def test_timeouts_spend_their_own_smaller_retry_budget(timeout_retries: int, attempts: int) -> None:
+    """--retries 2 covers every transient failure, but a server that never answers is tried
+    again only --timeout-retries times: each silent attempt costs a whole --read-timeout."""
+    options = replace(FAST, timeout=5.0, read_timeout=0.2, retries=2, timeout_retries=timeout_retries)
+    result = fetch_raw(_stall_before_response, options)
+    assert_failed(result, ErrorClass.TIMEOUT)
+    assert result.attempts == attempts
+
+
 def test_stalled_body_hits_the_read_timeout():
     options = replace(FAST, timeout=5.0, read_timeout=0.3, retries=0)
     result = fetch_raw(_stall_mid_body, options)
