@@ -1,20 +1,19 @@
-"""Shards inside one worker process: fetch every row, process every image, report.
+"""Rows inside one worker process: fetch each, process each image, report each as it ends.
 
-``run_shard(shard, config)`` is a plain picklable function of plain picklable arguments that
-returns metadata only, so any executor can run it unchanged: the local process pool, Ray,
-or a static partition on another machine.
+``feed_rows`` / ``collect_rows`` (the local pool) and ``run_shard`` (one batch per call, for
+any other executor) are plain picklable functions of plain picklable arguments that return
+metadata only.
 
-Inside, one asyncio loop with one aiohttp session per process (both kept from shard to
-shard) downloads each shard's unique sources (up to ``--concurrency`` in flight, paced by
+Inside, one asyncio loop with one aiohttp session per process (both kept for the whole run)
+downloads each batch's unique sources (up to ``--concurrency`` in flight, paced by
 admission.py) and hands each body to a small thread pool for the Pillow work. Pillow
 releases the GIL while it decodes, resizes and encodes to a file, so the loop keeps
 downloading while the threads use the core (measured: ARCHITECTURE.md).
 
-The loop runs on a thread of its own, so a process can hold several shards at once:
-``feed_shard`` (the local executor's call) returns as soon as the process is about to run
-out of rows to start, and the parent sends the next shard while the last downloads of the
-previous one are still in flight. One shard at a time paid a round trip of ramp-up and one
-of drain per shard: W1 at 100 ms reached 1,766/s instead of 2,500 (bench/README.md).
+The loop runs on a thread of its own, so a process holds many batches at once and the
+pool's call returns as soon as the process is about to run out of rows to start: every
+process pulls work at its own pace, and a row waiting on a silent server holds one download
+slot, nothing more (issue 10; ARCHITECTURE.md, "Rows, not shards, hold the machine").
 """
 
 from __future__ import annotations
