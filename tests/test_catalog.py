@@ -1,4 +1,4 @@
-"""Stage 6: the SQLite catalog: one transaction per shard, schema versioning, resume state."""
+"""Stage 6: the SQLite catalog: rows committed as they finish, done marks with a shard's last row, schema versioning, resume state."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.catalog import MIGRATIONS, Catalog
 from pipeline.errors import CatalogError, ErrorClass
-from pipeline.models import ImageInfo, ItemResult, ShardReport, Status, Thumbnail
+from pipeline.models import ImageInfo, ItemResult, ShardDone, ShardReport, Status, Thumbnail
 
 
 def _image(sha: str) -> ImageInfo:
@@ -43,6 +43,20 @@ def test_write_shard_commits_rows_and_done_mark_together(tmp_path: Path) -> None
     assert db.execute("SELECT ok, failed FROM shards WHERE shard_id = 0").fetchone() == (9, 1)
     row = db.execute("SELECT sha256, width, thumbnails, extra FROM items WHERE row = 4").fetchone()
     assert row[0] == f"{4:064x}" and row[1] == 640 and '"size": 256' in row[2] and row[3] == '{"caption": "c4"}'
+
+
+def test_rows_commit_before_their_shard_is_done_and_resume_sees_them(tmp_path: Path) -> None:
+    """Rows of shard 0 arrive in two commits; only the second, with the last row, marks it
+    done. In between, the shard is 'started': a resumed run asks which rows it has."""
+    items = _report(0, range(6)).items
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        cat.write_rows([(0, item) for item in items[:4]])
+        assert cat.done_shards() == set() and cat.started_shards() == {0}
+        assert cat.committed_rows(0) == frozenset(range(4))
+        cat.write_rows([(0, item) for item in items[4:]], [ShardDone(0, fetched=6, bytes_downloaded=99, worker_pid=7)])
+        assert cat.done_shards() == {0} and cat.started_shards() == set()
+    db = sqlite3.connect(tmp_path / "c.sqlite")
+    assert db.execute("SELECT rows, ok, failed, fetched, bytes, worker_pid FROM shards").fetchone() == (6, 6, 0, 6, 99, 7)
 
 
 def test_a_failing_shard_write_leaves_nothing_behind(tmp_path: Path) -> None:
