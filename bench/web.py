@@ -57,16 +57,24 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.measure import Measured, run_measured  # noqa: E402
-from bench.webcorpus import (  # noqa: E402
-    EXPECTED, FORMAT_MIX, Plan, corpus_dir, ensure_certs, ensure_corpus, make_plan, missing_rows, url,
+from bench.measure import Measured, run_measured
+from bench.webcorpus import (
+    EXPECTED,
+    FORMAT_MIX,
+    Plan,
+    corpus_dir,
+    ensure_certs,
+    ensure_corpus,
+    make_plan,
+    missing_rows,
+    url,
 )  # fmt: skip
 
 I2D_VENV = Path(os.environ.get("BENCH_IMG2DATASET_VENV", "/tmp/benchvenv3"))
@@ -128,7 +136,12 @@ def pipeline_ended(out: Path) -> dict[str, Ended]:
     finally:
         db.close()
     return {
-        u: Ended(status == "ok", None if status == "ok" else (cls or status), at, None if status == "ok" else (msg or "")[:120])
+        u: Ended(
+            status == "ok",
+            None if status == "ok" else (cls or status),
+            at,
+            None if status == "ok" else (msg or "")[:120],
+        )
         for u, status, cls, msg, at in rows
     }
 
@@ -186,7 +199,9 @@ def timeline(times: list[float], width: float, until: float) -> list[int]:
     return bins
 
 
-def score(plan: Plan, urls: list[str], ended: dict[str, Ended], started: float, m: Measured) -> dict[str, object]:
+def score(
+    plan: Plan, urls: list[str], ended: dict[str, Ended], started: float, m: Measured
+) -> dict[str, object]:
     good = [r for r in plan.rows if r.good]
     done: list[float] = []
     by_fmt: dict[str, list[int]] = {f: [0, 0] for f in FORMAT_MIX}
@@ -247,7 +262,9 @@ class Runner:
     env: dict[str, str]
 
 
-HOLD_LOCK = True  # False with --no-lock: the caller already holds it (`flock /tmp/bench.lock python -m bench.web`)
+HOLD_LOCK = (
+    True  # False with --no-lock: the caller already holds it (`flock /tmp/bench.lock python -m bench.web`)
+)
 
 
 def locked(fn: Callable[[], Measured]) -> Measured:
@@ -267,16 +284,23 @@ def locked(fn: Callable[[], Measured]) -> Measured:
 
 
 def make_runners(names: list[str], tree: Path, ca: Path, rows: int, extra: list[str]) -> list[Runner]:
-    env = {**os.environ, "SSL_CERT_FILE": str(ca), "REQUESTS_CA_BUNDLE": str(ca), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {
+        **os.environ,
+        "SSL_CERT_FILE": str(ca),
+        "REQUESTS_CA_BUNDLE": str(ca),
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
     pipe_env = {**env, "PYTHONPATH": str(tree)}  # workers inherit it: they run --tree's code too
-    help_text = subprocess.run([sys.executable, str(tree / "cli.py"), "run", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, str(tree / "cli.py"), "run", "--help"], check=False, capture_output=True,
                                text=True, cwd=tree, env=pipe_env).stdout  # fmt: skip
     # Loopback is refused by pipeline's SSRF guard unless --allow-private (where it exists).
     base = (["--allow-private"] if "--allow-private" in help_text else []) + extra
     out: list[Runner] = []
     for name in names:
         if name == "pipeline":
-            out.append(Runner(name, lambda mf, o: pipeline_cmd(tree, mf, o, base), pipeline_ended, tree, pipe_env))
+            out.append(
+                Runner(name, lambda mf, o: pipeline_cmd(tree, mf, o, base), pipeline_ended, tree, pipe_env)
+            )
         elif name == "pipeline-ray":
             out.append(Runner(name, lambda mf, o: pipeline_cmd(tree, mf, o, base + ["--executor", "ray"]),
                               pipeline_ended, tree, pipe_env))  # fmt: skip
@@ -393,7 +417,7 @@ def machine_info(tree: Path) -> dict[str, object]:
 
     info = machine()
     info["tree"] = str(tree)
-    info["tree_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+    info["tree_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
                                       cwd=tree).stdout.strip()  # fmt: skip
     return info
 
@@ -406,13 +430,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--runners", default="pipeline,img2dataset", help=f"comma-separated: {', '.join(RUNNERS)}")
     p.add_argument("--no-faults", action="store_true", help="no 404/500/503/hang/reset/redirect/HTML/429")
-    p.add_argument("--tree", type=Path, default=ROOT, help="the pipeline checkout to measure (default: this one)")
+    p.add_argument(
+        "--tree", type=Path, default=ROOT, help="the pipeline checkout to measure (default: this one)"
+    )
     p.add_argument("--pipeline-args", default="", help="extra options for every `pipeline run`")
     p.add_argument("--run-timeout", type=float, default=900.0, help="kill a run after this many seconds")
     p.add_argument("--work-dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
-    p.add_argument("--no-lock", action="store_true",
-                   help="do not take /tmp/bench.lock per run: only when the whole session runs under flock(1)")
+    p.add_argument(
+        "--no-lock",
+        action="store_true",
+        help="do not take /tmp/bench.lock per run: only when the whole session runs under flock(1)",
+    )
     args = p.parse_args(argv)
     global HOLD_LOCK
     HOLD_LOCK = not args.no_lock
@@ -436,7 +465,9 @@ def main(argv: list[str] | None = None) -> None:
             work = Path(tmp)
             manifest = work / "web.csv"
             manifest.write_text("url\n" + "\n".join(urls) + "\n")
-            runners = make_runners(args.runners.split(","), tree, certs.ca, args.rows, args.pipeline_args.split())
+            runners = make_runners(
+                args.runners.split(","), tree, certs.ca, args.rows, args.pipeline_args.split()
+            )
             for rep in range(args.reps):
                 print(f"rep {rep + 1}/{args.reps}", flush=True)
                 for runner in runners:

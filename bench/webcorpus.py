@@ -31,7 +31,13 @@ FORMAT_MIX = {
 }  # fmt: skip
 EXTENSION = {"jpeg": "jpg", "jpeg-progressive": "jpg", "png": "png", "png-alpha": "png",
              "webp": "webp", "avif": "avif", "gif": "gif"}  # fmt: skip
-MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif", "gif": "image/gif"}
+MIME = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "gif": "image/gif",
+}
 ASPECTS = ((4, 3), (3, 2), (16, 9), (1, 1), (3, 4), (2, 3), (9, 16))
 ASPECT_WEIGHTS = (0.30, 0.20, 0.12, 0.10, 0.12, 0.10, 0.06)
 MEDIAN_MP, SIGMA_MP, MIN_MP, MAX_MP = 0.74, 0.65, 0.03, 6.0
@@ -131,8 +137,8 @@ def picture(seed: int, row: int) -> tuple[str, int, int]:
     fmt = str(rng.choice(list(FORMAT_MIX), p=list(FORMAT_MIX.values())))
     mp = float(np.clip(MEDIAN_MP * math.exp(rng.normal(0.0, SIGMA_MP)), MIN_MP, MAX_MP))
     aw, ah = ASPECTS[int(rng.choice(len(ASPECTS), p=ASPECT_WEIGHTS))]
-    height = max(16, int(round(math.sqrt(mp * 1e6 * ah / aw))))
-    width = max(16, int(round(height * aw / ah)))
+    height = max(16, round(math.sqrt(mp * 1e6 * ah / aw)))
+    width = max(16, round(height * aw / ah))
     return fmt, width, height
 
 
@@ -147,11 +153,12 @@ def make_plan(seed: int, rows: int, n_hosts: int = 150, faults: bool = True) -> 
         if plain_rows + counts[k] <= (1 - HTTPS_SHARE) * rows:
             plain.add(int(k))
             plain_rows += counts[k]
-    capped = set(int(k) for k in rng.choice(n_hosts, size=round(CAPPED_HOST_SHARE * n_hosts), replace=False))
+    capped = {int(k) for k in rng.choice(n_hosts, size=round(CAPPED_HOST_SHARE * n_hosts), replace=False)}
     caps = rng.uniform(*CAP_MBPS, size=n_hosts) * 1e6
     throttling = {k for k in THROTTLE_HOST_RANKS if k < n_hosts} if faults else set()
     hosts = tuple(
-        Host(k, k not in plain, float(caps[k]) if k in capped else None, k in throttling) for k in range(n_hosts)
+        Host(k, k not in plain, float(caps[k]) if k in capped else None, k in throttling)
+        for k in range(n_hosts)
     )
     host_of = rng.permutation(np.repeat(np.arange(n_hosts), counts))  # rows of every host interleaved
     kinds = ["ok"] * rows
@@ -232,11 +239,15 @@ def ensure_certs(directory: Path, n_hosts: int) -> Certs:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    certs = Certs(directory / f"ca-{n_hosts}.pem", directory / f"hosts-{n_hosts}.pem", directory / f"hosts-{n_hosts}.key")
+    certs = Certs(
+        directory / f"ca-{n_hosts}.pem",
+        directory / f"hosts-{n_hosts}.pem",
+        directory / f"hosts-{n_hosts}.key",
+    )
     if certs.ca.exists() and certs.cert.exists() and certs.key.exists():
         return certs
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
     later = now + datetime.timedelta(days=3650)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pipeline bench local CA")])
@@ -265,7 +276,9 @@ def ensure_certs(directory: Path, n_hosts: int) -> Certs:
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
     pem = serialization.Encoding.PEM
-    certs.key.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    certs.key.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     certs.cert.write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
     certs.ca.write_bytes(ca.public_bytes(pem))
     return certs

@@ -32,7 +32,18 @@ import sys
 import time
 from pathlib import Path
 
-from bench.webcorpus import MIME, RETRY_AFTER_S, Certs, Host, Plan, Row, ensure_certs, image_file, make_plan, url
+from bench.webcorpus import (
+    MIME,
+    RETRY_AFTER_S,
+    Certs,
+    Host,
+    Plan,
+    Row,
+    ensure_certs,
+    image_file,
+    make_plan,
+    url,
+)
 
 LATENCY_MEDIAN_S = 0.050
 LATENCY_SIGMA = 1.0  # ln-space; P(> 1.3 s) = 0.06 %, and 1.3 s is the cap
@@ -100,7 +111,12 @@ class WebServer:
             while True:
                 try:
                     request = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError):
+                except (
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    ConnectionError,
+                    ssl.SSLError,
+                ):
                     return
                 lines = request.decode("latin-1").split("\r\n")
                 try:
@@ -137,17 +153,21 @@ class WebServer:
         if kind == "429-first" and attempt == 0:
             body = b"slow down"
             extra = f"Retry-After: {RETRY_AFTER_S}\r\n"
-            return await self.send(writer, head(429, len(body), "text/plain", close, extra), body, None, "429")
+            return await self.send(
+                writer, head(429, len(body), "text/plain", close, extra), body, None, "429"
+            )
         if kind == "hang":
             self.statuses["hang"] += 1
             try:  # accepted, request read, then nothing ever: until the client gives up
                 await asyncio.wait_for(reader.read(), HANG_S)
-            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError):
+            except (TimeoutError, ConnectionError, ssl.SSLError):
                 pass
             return False
         if kind == "redirect" and at_redirect:
             location = url(self.plan, self.ports, row, f"/i/{row.row}.{row.ext}")
-            return await self.send(writer, head(302, 0, "text/plain", close, f"Location: {location}\r\n"), b"", None, "302")
+            return await self.send(
+                writer, head(302, 0, "text/plain", close, f"Location: {location}\r\n"), b"", None, "302"
+            )
         if kind == "html":
             return await self.send(writer, head(200, len(HTML), "image/jpeg", close), HTML, None, "html")
         data = image_file(self.plan.seed, row.row, row.ext).read_bytes()
