@@ -369,7 +369,7 @@ def summarise(samples: list[dict[str, object]]) -> dict[str, dict[str, object]]:
         row: dict[str, object] = {"runs": len(runs)}
         for f in FIGURES:
             vals = [float(r[f]) for r in runs if r.get(f) is not None]  # type: ignore[arg-type]
-            row[f] = round(statistics.median(vals), 2) if vals else None
+            row[f] = round(statistics.median(vals), 4 if f == "good_ok_share" else 2) if vals else None
             row[f + "_range"] = [min(vals), max(vals)] if vals else None
         fmts = [r["format_ok_share"] for r in runs if "format_ok_share" in r]
         row["format_ok_share"] = {f: statistics.median(float(x[f]) for x in fmts if x[f] is not None)
@@ -458,6 +458,17 @@ def main(argv: list[str] | None = None) -> None:
                                  "plan_kinds": dict(collections.Counter(r.kind for r in plan.rows)),
                                  "plan_formats": dict(collections.Counter(r.fmt for r in plan.rows))}  # fmt: skip
     samples: list[dict[str, object]] = []
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / time.strftime("web-%Y%m%dT%H%M%SZ.json", time.gmtime(started))
+
+    def save() -> dict[str, dict[str, object]]:
+        # After every run, so a session stopped half-way still leaves its runs on disk.
+        report["samples"] = samples
+        report["summary"] = summary = summarise(samples)
+        report["elapsed_s"] = round(time.time() - started, 1)
+        path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        return summary
+
     server = Server(args.seed, args.rows, args.hosts, not args.no_faults, certs.ca.parent)
     try:
         urls = [url(plan, server.ports, row) for row in plan.rows]
@@ -473,15 +484,11 @@ def main(argv: list[str] | None = None) -> None:
                 for runner in runners:
                     result = run_once(runner, server, plan, urls, manifest, work, rep, args.run_timeout)
                     samples.append(result)
+                    save()
                     print_run(result)
     finally:
         server.close()
-    report["samples"] = samples
-    report["summary"] = summary = summarise(samples)
-    report["elapsed_s"] = round(time.time() - started, 1)
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / time.strftime("web-%Y%m%dT%H%M%SZ.json", time.gmtime(started))
-    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    summary = save()
     print()
     print(summary_table(summary))
     for name in summary:
