@@ -172,7 +172,7 @@ def main() -> None:
 @click.option("--retry-failed", is_flag=True, help="Fetch again only the rows that failed.")
 @click.option("--force", is_flag=True, help="Discard an OUT catalog of another manifest or options and start over.")
 @click.option("--max-failure-rate", type=float, default=1.0, show_default=True, help="Exit 3 when more rows than this fraction failed.")
-@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True, help="Where shards run: local processes, or Ray tasks (pip install 'pipeline[ray]').")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True, help="Where rows run: local processes, or Ray actors, one per CPU (pip install 'pipeline[ray]').")
 @click.option("--ray-address", help="Ray cluster to join, e.g. auto or ray://head:10001. [default: start a local Ray]")
 @click.option("--num-workers", type=int, default=1, show_default=True, help="Static partitioning: the run is split in this many parts...")
 @click.option("--worker-index", type=int, default=0, show_default=True, help="...and this invocation runs part number (0-based): shards with id % N == index.")

@@ -1,8 +1,9 @@
 """Rows inside one worker process: fetch each, process each image, report each as it ends.
 
-``feed_rows`` / ``collect_rows`` (the local pool) and ``run_shard`` (one batch per call, for
-any other executor) are plain picklable functions of plain picklable arguments that return
-metadata only.
+Plain picklable functions of plain picklable arguments that return metadata only, so any
+process can run them unchanged: ``feed_rows`` / ``collect_rows`` (rows in, rows out as they
+end) are what the local process pool and the Ray actors call; ``run_shard(batch, config)``
+runs one batch to its end in a single call, for callers that want exactly that.
 
 Inside, one asyncio loop with one aiohttp session per process (both kept for the whole run)
 downloads each batch's unique sources (up to ``--concurrency`` in flight, paced by
@@ -22,6 +23,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import functools
+import math
 import os
 import signal
 import threading
@@ -103,7 +105,7 @@ def ready() -> int:
 
 def run_shard(batch: Shard, config: RunConfig) -> ShardReport:
     """Fetch and process every row of ``batch`` (a shard or part of one) and return them all;
-    never raises for a per-item failure. One call per batch: Ray's task.
+    never raises for a per-item failure. One call per batch (the executors feed rows instead).
 
     Raises ``StorageError`` when OUT cannot be written: every later item would fail too.
     """
@@ -128,10 +130,12 @@ def feed_rows(batch: Shard, config: RunConfig, *, wait_all: bool = False) -> Fin
     return loop.take(until_idle=wait_all)
 
 
-def collect_rows() -> Finished:
+def collect_rows(max_wait_s: float | None = None) -> Finished:
     """The rows this process finished since the last call; waits for at least one if any is
-    still running here."""
-    return _row_loop().take(until_idle=False, at_least_one=True)
+    still running here (at most ``max_wait_s``, then answers with none: a caller that keeps
+    one call per process, as the Ray executor does, can then feed it again without waiting
+    for a row stuck on a silent server)."""
+    return _row_loop().take(until_idle=False, at_least_one=True, max_wait_s=max_wait_s)
 
 
 class _RowLoop:
@@ -171,13 +175,19 @@ class _RowLoop:
             future.add_done_callback(self._batch_ended)
         return future
 
-    def take(self, *, until_idle: bool, at_least_one: bool = False) -> Finished:
+    def take(
+        self, *, until_idle: bool, at_least_one: bool = False, max_wait_s: float | None = None
+    ) -> Finished:
         since = time.monotonic()
+        deadline = math.inf if max_wait_s is None else since + max_wait_s
         with self._changed:
             if at_least_one and not self._running and not self._done.items:
                 self._changed.wait(IDLE_COLLECT_S)
             while not self._ready(until_idle, at_least_one, since):
-                self._changed.wait(REPORT_EVERY_S / 4)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(min(REPORT_EVERY_S / 4, left))
             if self._fatal is not None:
                 raise self._fatal
             done, self._done = self._done, Finished(worker_pid=os.getpid())

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import jpeg
+from procfs import socket_owner
 from rawserver import RawServer, Request, response
 
 from cli import main
@@ -153,24 +154,6 @@ def assert_complete(out: Path, count: int) -> None:
 # A worker killed mid-shard
 
 
-def _socket_owner(peer_port: int, candidates: list[int]) -> int | None:
-    """The pid among `candidates` holding the client end of a connection from `peer_port`."""
-    inodes = set()
-    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
-        for line in table.read_text().splitlines()[1:] if table.exists() else ():
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == peer_port:
-                inodes.add(f"socket:[{fields[9]}]")
-    for pid in candidates:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    return pid
-        except OSError:
-            continue
-    return None
-
-
 @pytest.mark.slow
 def test_a_worker_killed_by_one_row_fails_that_row_only(tmp_path: Path) -> None:
     """SIGKILL the worker process that requests /die, every time: the pool is rebuilt, the
@@ -180,7 +163,7 @@ def test_a_worker_killed_by_one_row_fails_that_row_only(tmp_path: Path) -> None:
     killed: list[int] = []
 
     async def die(request: Request, writer: asyncio.StreamWriter) -> None:
-        pid = _socket_owner(request.peer_port, descendants(os.getpid()))
+        pid = socket_owner(request.peer_port, descendants(os.getpid()))
         assert pid is not None and pid != os.getpid()
         killed.append(pid)
         os.kill(pid, signal.SIGKILL)
