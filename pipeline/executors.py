@@ -16,6 +16,7 @@ from typing import Protocol
 
 from pipeline.config import RunConfig, default_procs
 from pipeline.errors import PipelineError, UsageError
+from pipeline.hostlimit import HostTable, supported
 from pipeline.models import Shard, ShardReport
 from pipeline.worker import ShardBatch, collect_shards, failed_report, feed_shard, init_worker
 
@@ -47,6 +48,7 @@ class LocalExecutor:
         self._suspects: list[Shard] = []
         self._held: dict[int, Shard] = {}  # shard id -> shard handed to a worker, no report yet
         self._failures: dict[int, int] = {}
+        self._hosts: HostTable | None = None  # per-host limits shared by the workers of a run
 
     def run(self, shards: Iterable[Shard], config: RunConfig) -> Iterator[ShardReport]:
         source = iter(shards)
@@ -82,6 +84,7 @@ class LocalExecutor:
                     self._pool = self._new_pool()
         finally:
             self.shutdown()
+            self._drop_host_table()
 
     def _fill(
         self, pending: dict[Future[ShardBatch], Shard | None], source: Iterator[Shard], config: RunConfig
@@ -136,9 +139,24 @@ class LocalExecutor:
         return failed_report(shard, f"{reason} (shard tried {tries} times)")
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        # One host table per run. A rebuilt pool follows the death of a worker, and the
+        # old workers are all gone by now: their slots come back before new ones start.
+        if self._hosts is None and supported():
+            self._hosts = HostTable.create(self.procs)
+        elif self._hosts is not None:
+            self._hosts.reclaim()
+        handle = self._hosts.handle if self._hosts is not None else None
         return ProcessPoolExecutor(
-            self.procs, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+            self.procs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(handle,),
         )
+
+    def _drop_host_table(self) -> None:
+        hosts, self._hosts = self._hosts, None
+        if hosts is not None:
+            hosts.destroy()
 
     def shutdown(self) -> None:
         """Stop at once: running shards are abandoned (they have committed nothing)."""

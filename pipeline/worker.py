@@ -36,6 +36,8 @@ from pathlib import Path
 from pipeline.admission import Admission
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import ErrorClass, ItemError, PipelineError, StorageError
+from pipeline.hostlimit import TableHandle
+from pipeline.hostlimit import install as install_host_table
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
 from pipeline.store import Store, open_store
 
@@ -69,9 +71,12 @@ class ShardBatch:
     failed: list[tuple[int, str]] = field(default_factory=list)  # (shard id, why): a bug, retried
 
 
-def init_worker() -> None:
-    """Pool initializer: the parent owns shutdown, so Ctrl-C must not kill workers mid-write."""
+def init_worker(handle: TableHandle | None = None) -> None:
+    """Pool initializer: the parent owns shutdown, so Ctrl-C must not kill workers mid-write;
+    ``handle``: the parent's host table, so that per-host limits hold machine-wide (fetch.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if handle is not None:
+        install_host_table(handle)
 
 
 def run_shard(shard: Shard, config: RunConfig) -> ShardReport:
