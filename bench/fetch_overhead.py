@@ -18,8 +18,8 @@ runs the same requests with 64 in flight, alternating:
 
 URLs are spread over 32 ports, so 64 in flight never queue for a pool slot. It prints the
 CPU-ms per request of this process (``time.process_time``: the server and other jobs on a
-shared machine do not count) for each run, the medians, and the ratios fetch_url / bare and
-fetch_url / plain measured in this same run. Each run is bounded by ``--requests`` and
+shared machine do not count) and requests/s for each run, the medians, the ratios fetch_url
+/ bare and fetch_url / plain and the difference table - fetch_url measured in this same run. Each run is bounded by ``--requests`` and
 ``--max-seconds``. ``--only fetch_url`` runs one way only (for py-spy).
 """
 
@@ -102,10 +102,13 @@ async def _run(
     return time.process_time() - cpu, done, failed
 
 
-async def _main(args: argparse.Namespace, ports: list[int]) -> dict[str, list[float]]:
+async def _main(
+    args: argparse.Namespace, ports: list[int]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     options = FetchOptions(allow_private=True, retries=0, per_host_rate=args.rate)
     ways = [args.only] if args.only else list(WAYS)
     per_request: dict[str, list[float]] = {way: [] for way in ways}
+    per_second: dict[str, list[float]] = {way: [] for way in ways}
     connector = aiohttp.TCPConnector(limit=options.concurrency, limit_per_host=options.per_host)
     session = make_session(replace(options, per_host_rate=None))  # no table: per process
     table = hostlimit.HostTable.create(1)
@@ -115,11 +118,11 @@ async def _main(args: argparse.Namespace, ports: list[int]) -> dict[str, list[fl
         with_table = make_session(options)  # picks up the installed table
         async with session, with_table, aiohttp.ClientSession(connector=connector) as plain:
             sessions = {"bare": session, "fetch_url": session, "plain": plain, "table": with_table}
-            await _passes(args, ports, ways, sessions, options, per_request)
+            await _passes(args, ports, ways, sessions, options, per_request, per_second)
     finally:
         hostlimit.uninstall()
         table.destroy()
-    return per_request
+    return per_request, per_second
 
 
 async def _passes(
@@ -129,6 +132,7 @@ async def _passes(
     sessions: dict[str, aiohttp.ClientSession],
     options: FetchOptions,
     per_request: dict[str, list[float]],
+    per_second: dict[str, list[float]],
 ) -> None:
     warm = [f"http://127.0.0.1:{p}/{args.route}/{i}.jpg" for i, p in enumerate(ports * 16)]
     for s in {id(s): s for s in sessions.values()}.values():
@@ -148,6 +152,7 @@ async def _passes(
             if failed or not done:
                 raise SystemExit(f"{way}: {failed} of {done} requests failed")
             per_request[way].append(cpu / done * 1000.0)
+            per_second[way].append(done / wall)
             print(
                 f"rep {rep} {way:>9}: {done} requests, {cpu / done * 1000.0:.4f} CPU-ms each,"
                 f" {done / wall:,.0f}/s",
@@ -167,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     server, ports = _start_server(args.ports)
     try:
-        per_request = asyncio.run(_main(args, ports))
+        per_request, per_second = asyncio.run(_main(args, ports))
     finally:
         assert server.stdin is not None
         server.stdin.close()
@@ -181,6 +186,7 @@ def main() -> None:
         "requests": args.requests,
         "reps": args.reps,
         "cpu_ms_per_request_median": {k: round(v, 4) for k, v in medians.items()},
+        "requests_per_s_median": {k: round(statistics.median(v)) for k, v in per_second.items()},
     }
     if "table" in medians and "fetch_url" in medians:
         summary["extra_cpu_ms_table_vs_fetch_url"] = round(medians["table"] - medians["fetch_url"], 4)
