@@ -145,7 +145,8 @@ def main() -> None:
 @click.option("-p", "--procs", type=int, default=None, help="Worker processes. [default: one per core]")
 @click.option("--shard-size", type=int, default=500, show_default=True, help="Rows per shard (the unit of resume and of the catalog's done marks; workers receive rows, not shards).")
 @click.option("--concurrency", type=int, default=_F.concurrency, show_default=True, help="Requests in flight per process.")
-@click.option("--per-host", type=int, default=_F.per_host, show_default=True, help="Connections per host per process.")
+@click.option("--per-host", type=int, default=_F.per_host, show_default=True, help="Requests in flight per host, all processes of this machine together.")
+@click.option("--per-host-rate", type=float, default=None, help="Requests per second per host, all processes of this machine together (starts at least 1/RATE s apart). [default: no cap]")
 @click.option("--cpu-threads", type=int, default=1, show_default=True, help="Image threads per process.")
 @click.option("--timeout", type=float, default=_F.timeout, show_default=True, help="Deadline of one request attempt, seconds.")
 @click.option("--connect-timeout", type=float, default=_F.connect_timeout, show_default=True, help="Seconds to connect.")
@@ -286,8 +287,8 @@ def _indices(indices: tuple[int, ...]) -> str:
 def group_by_host_command(manifest: Path, output: Path, chunk_rows: int, url_column: str, key_column: str) -> None:
     """Rewrite MANIFEST with each host's rows together, before a run on many machines.
 
-    Then a host's URLs fill few shards, so few processes connect to it at once:
-    per host, at most --per-host x the shards holding its URLs that run at the same time.
+    Then a host's URLs fill few shards, so few machines (or Ray processes) connect to it
+    at once: --per-host holds per machine, and per process under Ray.
     Streams (an external sort): memory stays at --chunk-rows rows.
     """
     spec = open_manifest(manifest, url_column=url_column, key_column=key_column)

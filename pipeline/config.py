@@ -35,7 +35,9 @@ class FetchOptions:
     # Requests in flight per worker process, at most: ~400 in total hide 100 ms of latency at
     # 2,500+ downloads/s; bodies waiting for the CPU are bounded apart (admission.py).
     concurrency: int = 256
-    per_host: int = 8  # connections per host per worker process
+    per_host: int = 8  # requests in flight per host on this machine (per process under Ray)
+    # Requests per second per host on this machine: starts at least 1/rate s apart. None: no cap.
+    per_host_rate: float | None = None
     timeout: float = 30.0  # total deadline of one attempt, seconds
     connect_timeout: float = 10.0
     # Longest silence between two reads (headers included). 10 s, as img2dataset: a server
@@ -64,6 +66,7 @@ class FetchOptions:
             object.__setattr__(self, name, hosts)
         _require(self.concurrency >= 1, "--concurrency must be at least 1")
         _require(self.per_host >= 1, "--per-host must be at least 1")
+        _require(self.per_host_rate is None or self.per_host_rate > 0, "--per-host-rate must be positive")
         _require(self.timeout > 0, "--timeout must be positive")
         _require(self.connect_timeout > 0, "--connect-timeout must be positive")
         _require(self.read_timeout > 0, "--read-timeout must be positive")

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from pipeline.config import RunConfig, default_procs
 from pipeline.errors import PipelineError, UsageError
+from pipeline.hostlimit import HostTable, supported
 from pipeline.models import ManifestRow, Shard
 from pipeline.schedule import BATCH_ROWS, batches, split
 from pipeline.worker import Finished, collect_rows, failed_items, feed_rows, init_worker, ready
@@ -65,6 +66,7 @@ class LocalExecutor:
         self._suspects: list[Shard] = []  # batches to rerun alone after a death
         self._alone: Shard | None = None  # the suspect batch running by itself
         self._deaths: dict[int, int] = {}  # row -> workers it was alone with when they died
+        self._hosts: HostTable | None = None  # per-host limits shared by the workers of a run
 
     def run(self, batches: Iterable[Shard], config: RunConfig) -> Iterator[Finished]:
         source = iter(batches)
@@ -107,6 +109,7 @@ class LocalExecutor:
                     self._pool = self._new_pool()
         finally:
             self.shutdown()
+            self._drop_host_table()
 
     def _fill(
         self, pending: dict[Future[Finished], Shard | None], source: Iterator[Shard], config: RunConfig, window: int
@@ -172,15 +175,30 @@ class LocalExecutor:
         return Finished(failed_items(out, f"{reason} (tried {self.max_attempts} times)"))
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        # One host table per run. A rebuilt pool follows the death of a worker, and the
+        # old workers are all gone by now: their slots come back before new ones start.
+        if self._hosts is None and supported():
+            self._hosts = HostTable.create(self.procs)
+        elif self._hosts is not None:
+            self._hosts.reclaim()
+        handle = self._hosts.handle if self._hosts is not None else None
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(
-            self.procs, mp_context=context, initializer=init_worker, initargs=(context.Barrier(self.procs),)
+            self.procs,
+            mp_context=context,
+            initializer=init_worker,
+            initargs=(context.Barrier(self.procs), handle),
         )
         # The pool starts a process per call it has no idle process for: one call each starts
         # them all at once, and the barrier in init_worker holds them until all are up.
         for _ in range(self.procs):
             pool.submit(ready)
         return pool
+
+    def _drop_host_table(self) -> None:
+        hosts, self._hosts = self._hosts, None
+        if hosts is not None:
+            hosts.destroy()
 
     def shutdown(self) -> None:
         """Stop at once: running rows are abandoned (they have committed nothing)."""

@@ -26,6 +26,11 @@ Guards that hold for every hop of a redirect chain, not just the manifest's URL:
   to another host is refused rather than followed unverified.
 * Host cool-down: a 429/503 with Retry-After holds every URL of that host in this session
   (clamped by ``--max-retry-after``), not just the one that was told to wait.
+* Per-host limits for the whole machine: where the executor installed the shared host table
+  (``pipeline.hostlimit``), every hop holds a slot of its host from its start until the
+  body is read or the attempt fails, so ``--per-host`` and ``--per-host-rate`` count the
+  requests of all worker processes. Waiting for that slot does not count against the
+  attempt's deadline.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import aiohttp
 import aiohttp.abc
 from yarl import URL
 
+from pipeline import hostlimit
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
 from pipeline.models import FetchResult
@@ -70,6 +76,9 @@ Sleep = Callable[[float], Awaitable[object]]
 
 def make_session(options: FetchOptions) -> aiohttp.ClientSession:
     """One session per shard job; call it inside the running loop that will use it."""
+    # Without a machine-wide table (Ray, a test's own session) the connector's limit_per_host
+    # is the per-host limit, as before, and a rate cap holds per process.
+    gate = hostlimit.current_gate() or (hostlimit.private_gate() if options.per_host_rate else None)
     guard = _Guard(AddressPolicy(options.allow_private, frozenset(options.allow_hosts)))
     connector = aiohttp.TCPConnector(
         limit=options.concurrency,
@@ -94,18 +103,29 @@ def make_session(options: FetchOptions) -> aiohttp.ClientSession:
         # Image hosts have no business setting state across unrelated URLs; a real jar would
         # also grow without bound over a long shard.
         cookie_jar=aiohttp.DummyCookieJar(),
-        trace_configs=[_trace_config()],
+        trace_configs=[_trace_config(hosts=gate is not None)],
     )
     _COOLDOWNS[session] = _Cooldowns()
+    if gate is not None:
+        _GATES[session] = gate
     return session
 
 
-def _trace_config() -> aiohttp.TraceConfig:
-    """Stop the attempt deadline while a request waits for a free connection slot.
+def _trace_config(*, hosts: bool) -> aiohttp.TraceConfig:
+    """Stop the attempt deadline while a request waits for a free connection slot; with
+    ``hosts``, hold a slot of the host table for every hop.
 
     Without this, with per_host=8 and 64 requests in flight to one CDN, 56 of them spend
     their deadline in aiohttp's queue and fail as spurious timeouts.
     """
+
+    async def request_start(
+        _session: object, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        # Once per request, before its first connection: the first hop's host.
+        ref = getattr(ctx, "trace_request_ctx", None)
+        if isinstance(ref, _DeadlineRef) and ref.hold is not None:
+            await _hold_host(ref, params.url)
 
     async def queued_start(_session: object, ctx: SimpleNamespace, _params: object) -> None:
         deadline = _deadline_of(ctx)
@@ -136,8 +156,17 @@ def _trace_config() -> aiohttp.TraceConfig:
         host = (target.host or "").lower()
         if ref.insecure_hosts and target.scheme == "https" and host not in ref.insecure_hosts:
             raise _RedirectRefused(f"redirect from an --insecure-host to {target.host}, which is verified")
+        next_hop = "Location" in params.response.headers and target.scheme in ("http", "https")
+        if ref.hold is not None and next_hop:
+            # The next hop is a new request to (maybe) another host: it counts there. Give
+            # the connection back first (aiohttp would, right after this hook), so that no
+            # connection is held while waiting: that could close a cycle of waits.
+            params.response.release()
+            await _hold_host(ref, target)
 
     trace = aiohttp.TraceConfig()
+    if hosts:
+        trace.on_request_start.append(request_start)
     trace.on_connection_queued_start.append(queued_start)
     trace.on_connection_queued_end.append(queued_end)
     trace.on_request_redirect.append(redirect)
@@ -152,6 +181,25 @@ class _DeadlineRef:
     timeout: float
     progress: _Progress
     insecure_hosts: tuple[str, ...] = ()  # set only when this request skips TLS verification
+    hold: hostlimit.Hold | None = None  # the host slot of this attempt, with a host table
+
+
+async def _hold_host(ref: _DeadlineRef, url: URL) -> None:
+    """Hold a slot of ``url``'s host; a wait for it does not count against the deadline."""
+    assert ref.hold is not None
+    host, port = url.raw_host, url.port
+    if ref.hold.try_take(host, port):  # the common case: no wait, deadline untouched
+        return
+    deadline = ref.deadline
+    loop = asyncio.get_running_loop()
+    when = deadline.when()
+    left = None if when is None else when - loop.time()
+    deadline.reschedule(None)
+    try:
+        await ref.hold.take(host, port)
+    finally:
+        if left is not None and not deadline.expired():
+            deadline.reschedule(loop.time() + left)
 
 
 def _deadline_of(ctx: SimpleNamespace) -> asyncio.Timeout | None:
@@ -262,6 +310,8 @@ class _Cooldowns:
 
 
 _COOLDOWNS: weakref.WeakKeyDictionary[aiohttp.ClientSession, _Cooldowns] = weakref.WeakKeyDictionary()
+# The host table's gate a session's requests go through, when there is one (make_session).
+_GATES: weakref.WeakKeyDictionary[aiohttp.ClientSession, hostlimit.HostGate] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,6 +414,10 @@ async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptio
     progress = _Progress(final_url=url)
     deadline = asyncio.timeout(options.timeout)
     insecure = bool(options.insecure_hosts) and _host_of(url) in options.insecure_hosts
+    gate = _GATES.get(session)
+    # Taken by the trace hooks (first hop, then each redirect); given back here, once the
+    # body is read or the attempt failed. A retry is a new attempt and takes it again.
+    hold = hostlimit.Hold(gate, options.per_host, options.per_host_rate) if gate is not None else None
     try:
         # aiohttp raises TooManyRedirects once it has *received* max_redirects redirects,
         # so +1 lets exactly `options.max_redirects` hops through (and 0 lets none).
@@ -374,13 +428,16 @@ async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptio
                 max_redirects=options.max_redirects + 1,
                 ssl=not insecure,
                 trace_request_ctx=_DeadlineRef(
-                    deadline, options.timeout, progress, options.insecure_hosts if insecure else ()
+                    deadline, options.timeout, progress, options.insecure_hosts if insecure else (), hold
                 ),
             ) as resp,
         ):
             return await _read_response(resp, options, progress)
     except Exception as exc:  # noqa: BLE001 - every per-item failure becomes data at the stage edge
         return _classify(exc, progress, options, deadline_hit=deadline.expired())
+    finally:
+        if hold is not None:
+            hold.drop()
 
 
 async def _read_response(

@@ -1,15 +1,15 @@
 """Pre-processing for politeness across machines: a manifest's rows grouped by host, streamed.
 
-``--per-host`` limits connections per host *per worker process*, and each shard runs in one
-process, so the connections one host sees at once are::
+On one machine, ``--per-host`` holds for all local worker processes together
+(``hostlimit.py``), but nothing is shared between machines or between Ray worker
+processes, so there the requests one host sees at once are::
 
-    per_host x (shards holding that host's URLs that run at the same time)
+    per_host x (machines, or Ray processes, running shards that hold that host's URLs)
 
 In a manifest in crawl order, a popular host appears in every shard, so on a cluster the
-bound is ``per_host x every shard in flight`` (2 per core with the local executor, 2 per
-Ray CPU, times the machines of a static partition). Grouped by host, a host's URLs fill
-consecutive shards: a host with fewer rows than a shard is in one or two shards, and a big
-host in at most as many shards as run at once.
+bound is ``per_host x`` every machine of a static partition, or every Ray task in flight.
+Grouped by host, a host's URLs fill consecutive shards: a host with fewer rows than a shard
+is in one or two shards, and a big host in at most as many shards as run at once.
 
 ``group_by_host`` is an external merge sort, so memory stays at ``chunk_rows`` rows however
 large the manifest: sorted runs of ``chunk_rows`` rows go to temp files beside the output,

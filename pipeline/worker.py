@@ -38,6 +38,8 @@ from pathlib import Path
 from pipeline.admission import Admission
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import ErrorClass, ItemError, PipelineError, StorageError
+from pipeline.hostlimit import TableHandle
+from pipeline.hostlimit import install as install_host_table
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
 from pipeline.store import Store, open_store
 
@@ -83,14 +85,17 @@ class Finished:
     worker_pid: int = 0
 
 
-def init_worker(start: threading.Barrier | None = None) -> None:
+def init_worker(start: threading.Barrier | None = None, handle: TableHandle | None = None) -> None:
     """Pool initializer: the parent owns shutdown, so Ctrl-C must not kill workers mid-write.
 
+    ``handle``: the parent's host table, so that per-host limits hold machine-wide (fetch.py).
     With ``start`` (a barrier of every process of the pool), wait until all of them are up:
     a process that starts first would otherwise pull every batch of a small manifest before
     the others exist (they need ~0.3 s to start; it pulls a batch in ~1 ms).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if handle is not None:
+        install_host_table(handle)
     if start is not None:
         try:
             start.wait(timeout=START_TIMEOUT_S)
