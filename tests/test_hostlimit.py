@@ -28,7 +28,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import jpeg
 from rawserver import RawServer, Request, response
-from test_faults_process import _socket_owner, descendants
+from procfs import socket_owner
+from test_faults_process import descendants
 
 from cli import main
 from pipeline import hostlimit
@@ -58,7 +59,7 @@ class Seen:
     def note(self, srv: RawServer, request: Request) -> None:
         host = self.by_host.setdefault(srv.port, set())
         if len(host) < 2:  # a /proc scan per request costs ms: stop once both are known
-            pid = _socket_owner(request.peer_port, descendants(os.getpid()))
+            pid = socket_owner(request.peer_port, descendants(os.getpid()))
             if pid is not None:
                 host.add(pid)
                 self.pids.add(pid)
@@ -184,7 +185,7 @@ def test_a_killed_worker_gives_back_its_host_slots(tmp_path: Path) -> None:
 
     async def die_once(request: Request, writer: asyncio.StreamWriter) -> None:
         if not killed:
-            pid = _socket_owner(request.peer_port, descendants(os.getpid()))
+            pid = socket_owner(request.peer_port, descendants(os.getpid()))
             assert pid is not None and pid != os.getpid()
             killed.append(pid)
             os.kill(pid, signal.SIGKILL)
