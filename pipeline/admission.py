@@ -15,6 +15,9 @@ download that completes while the cap was the binding limit (TCP's slow start: i
 every round trip), up to ``--concurrency``. A worker process has one admission for all the shards it
 holds (they overlap, worker.py), so only its first shard ramps up.
 
+The backlog is also bounded in bytes (the caller's ``max_backlog_bytes``): 32 bodies are 8 MB
+of bench's JPEGs but could be 1.6 GB at ``--max-bytes`` 50 MB each.
+
 The backlog limit is a floor, not a constant: it grows to the number of bodies the CPU
 stage gets through in ~1.5 round trips (moving averages of download and processing time),
 up to ``--concurrency``. A fixed 32 covered a round trip of decoding (W2: 4.5 ms a body) but
@@ -40,15 +43,19 @@ class Admission:
         "_fetch_s",
         "_waiters",
         "backlog",
+        "backlog_bytes",
         "backlog_limit",
         "cap",
         "ceiling",
         "in_flight",
+        "max_backlog_bytes",
         "min_backlog",
         "threads",
     )
 
-    def __init__(self, ceiling: int, backlog_limit: int, *, start: int, threads: int = 1) -> None:
+    def __init__(
+        self, ceiling: int, backlog_limit: int, *, start: int, threads: int = 1, max_backlog_bytes: int = 2**62
+    ) -> None:
         self.ceiling = ceiling  # --concurrency
         self.min_backlog = backlog_limit
         self.backlog_limit = backlog_limit
@@ -58,10 +65,16 @@ class Admission:
         self.cap = max(1, min(start, ceiling))
         self.in_flight = 0  # downloads started, body not yet complete
         self.backlog = 0  # bodies waiting for the CPU stage or in it
+        self.backlog_bytes = 0  # ... and their size
+        self.max_backlog_bytes = max_backlog_bytes
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     def _room(self) -> bool:
-        return self.in_flight < self.cap and self.backlog < self.backlog_limit
+        return (
+            self.in_flight < self.cap
+            and self.backlog < self.backlog_limit
+            and self.backlog_bytes < self.max_backlog_bytes
+        )
 
     async def start_download(self) -> None:
         while not self._room():
@@ -76,7 +89,7 @@ class Admission:
                 raise
         self.in_flight += 1
 
-    def download_done(self, *, has_body: bool, seconds: float | None = None) -> None:
+    def download_done(self, *, has_body: bool, seconds: float | None = None, size: int = 0) -> None:
         if seconds is not None and has_body:  # failures (timeouts...) say nothing of arrivals
             self._fetch_s = _average(self._fetch_s, seconds)
         if self.in_flight >= self.cap and self.backlog < self.backlog_limit:
@@ -84,10 +97,12 @@ class Admission:
         self.in_flight -= 1
         if has_body:
             self.backlog += 1
+            self.backlog_bytes += size
         self._wake()
 
-    def processed(self, seconds: float | None = None) -> None:
+    def processed(self, seconds: float | None = None, size: int = 0) -> None:
         self.backlog -= 1
+        self.backlog_bytes -= size
         if seconds is not None:
             self._cpu_s = _average(self._cpu_s, seconds)
             self._retarget()
@@ -101,6 +116,8 @@ class Admission:
 
     def _wake(self) -> None:
         room = min(self.cap - self.in_flight, self.backlog_limit - self.backlog)
+        if self.backlog_bytes >= self.max_backlog_bytes:
+            room = 0
         while room > 0 and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

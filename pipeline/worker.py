@@ -40,6 +40,7 @@ from pipeline.config import FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import ErrorClass, ItemError, PipelineError, StorageError
 from pipeline.hostlimit import TableHandle
 from pipeline.hostlimit import install as install_host_table
+from pipeline.memory import limit_arenas, trim_now_and_then
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
 from pipeline.store import Store, open_store
 
@@ -55,9 +56,12 @@ LOW_WATER_S = 0.05
 # slow one (12 MP photos from a folder: ~15/s) holds only a couple: a process that holds many
 # rows of slow work at the end of a run is the whole tail (issue 10: one worker per folder).
 LOW_WATER_ROWS = (2, 64)
-# A feed call also returns after this long when rows finished meanwhile, so they reach the
-# catalog even while the process's downloads wait on slow hosts.
-REPORT_EVERY_S = 1.0
+# Bodies waiting for the CPU stage, at most, in bytes per CPU thread: 32 bodies of a web
+# crawl's PNGs (1-2 MB each) held ~50 MB per worker on top of their decodes (issue 10's
+# memory target: 350 MB for the tree at --procs 2). 24 MB is still 90 of bench's 264 KB JPEGs.
+BACKLOG_BYTES = 24 * 1024 * 1024
+# How often a waiting call looks again (a safety net: the loop thread notifies).
+RECHECK_S = 0.25
 # How long a new process waits for its siblings to start (see ``init_worker``).
 START_TIMEOUT_S = 30.0
 # A collect call that finds nothing running waits this long before answering, so that idle
@@ -94,6 +98,7 @@ def init_worker(start: threading.Barrier | None = None, handle: TableHandle | No
     the others exist (they need ~0.3 s to start; it pulls a batch in ~1 ms).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_arenas()
     if handle is not None:
         install_host_table(handle)
     if start is not None:
@@ -188,25 +193,25 @@ class _RowLoop:
         with self._changed:
             if at_least_one and not self._running and not self._done.items:
                 self._changed.wait(IDLE_COLLECT_S)
-            while not self._ready(until_idle, at_least_one, since):
+            while not self._ready(until_idle, at_least_one):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._changed.wait(min(REPORT_EVERY_S / 4, left))
+                self._changed.wait(min(RECHECK_S, left))
             if self._fatal is not None:
                 raise self._fatal
             done, self._done = self._done, Finished(worker_pid=os.getpid())
             return done
 
-    def _ready(self, until_idle: bool, at_least_one: bool, since: float) -> bool:
+    def _ready(self, until_idle: bool, at_least_one: bool) -> bool:
         if self._fatal is not None or not self._running:
             return True
         if until_idle:
             return False
         if at_least_one:
             return bool(self._done.items)
-        if self._done.items and time.monotonic() - since >= REPORT_EVERY_S:
-            return True
+        # Not "or after a while": every early answer brings this process another batch, and
+        # a CPU-bound process then held ~500 rows it could not start (the tail of the run).
         return self._waiting <= self._low_water()
 
     def _low_water(self) -> int:
@@ -312,7 +317,9 @@ def _admission(config: RunConfig, local: bool) -> Admission:
     limit = _admissions.get(key)
     if limit is None:
         floor = (2 if local else 32) * threads
-        limit = _admissions[key] = Admission(key[0], floor, start=64 * threads, threads=threads)
+        limit = _admissions[key] = Admission(
+            key[0], floor, start=64 * threads, threads=threads, max_backlog_bytes=BACKLOG_BYTES * threads
+        )
     return limit
 
 
@@ -411,7 +418,7 @@ async def _one(
             fetched = await fetch_url(session, source, config.fetch)  # type: ignore[arg-type]
         body = fetched.body
     finally:
-        limit.download_done(has_body=body is not None, seconds=time.perf_counter() - started)
+        limit.download_done(has_body=body is not None, seconds=time.perf_counter() - started, size=len(body or b""))
     fetched = _without_body(fetched)
     cpu_s: float | None = None
     try:
@@ -422,7 +429,7 @@ async def _one(
         return _Outcome(fetched, image, error_class, message)
     finally:
         if body is not None:
-            limit.processed(cpu_s)
+            limit.processed(cpu_s, len(body))
 
 
 def _without_body(fetched: FetchResult) -> FetchResult:
@@ -435,7 +442,10 @@ def _process_timed(
     """``_process`` and how long it took on its thread (admission sizes the backlog by it)."""
     started = time.perf_counter()
     result = _process(body, options, store)
-    return result, time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    del body  # the caller's reference goes when this returns; the decode's memory already went
+    trim_now_and_then()
+    return result, elapsed
 
 
 def _process(

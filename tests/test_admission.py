@@ -128,3 +128,22 @@ def test_failed_downloads_do_not_stretch_the_round_trip() -> None:
     asyncio.run(timeouts())
     _settle(a, fetch_s=0.100, cpu_s=0.0045, rounds=1)  # the next body retargets the limit
     assert a.backlog_limit == 34  # as before the timeouts; counted, 30 s would give 256
+
+
+def test_bodies_waiting_for_the_cpu_are_bounded_in_bytes_too() -> None:
+    """32 bodies may wait, but not 32 bodies of 8 MB when the byte budget is 24 MB."""
+
+    async def main() -> tuple[int, int]:
+        limit = Admission(256, 32, start=64, max_backlog_bytes=24 * 2**20)
+        for _ in range(3):
+            await limit.start_download()
+            limit.download_done(has_body=True, seconds=0.1, size=8 * 2**20)
+        blocked = asyncio.ensure_future(limit.start_download())
+        await asyncio.sleep(0)
+        was_blocked = not blocked.done()
+        limit.processed(0.01, 8 * 2**20)  # one body leaves the CPU stage: room again
+        await asyncio.wait_for(blocked, 1)
+        return was_blocked, limit.backlog_bytes
+
+    was_blocked, held = asyncio.run(main())
+    assert was_blocked and held == 16 * 2**20
