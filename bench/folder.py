@@ -15,15 +15,20 @@ The runners, one after another under ``flock --lock`` (other benchmarks on the m
 take the same lock, so timed runs never overlap), alternating within a session: rep 1 of
 every runner, then rep 2..., the order rotated by one each rep so that no runner always
 follows the same one. Outputs go to a fresh folder on /dev/shm (``--work-dir``), removed
-after each run.
+after each run. The lock binds only the programs that take it, so with the lock held each
+run also waits (up to ``--quiet-wait`` s) for a second in which the rest of the machine
+uses at most ``--quiet-cores`` cores, and a run during which others used more (machine-wide
+busy CPU from /proc/stat minus the tree's own) is run again, up to ``--noisy-retries``
+times; the quiet attempt is kept, else the least disturbed one, flagged ``noisy``. Every
+result carries the others' cores and the hypervisor's steal measured during it.
 
 - ``pipeline``: ``pipeline run FOLDER --procs N -o OUT -q`` with its defaults (256 px JPEG
   q85 thumbnail, SHA-256, dHash, pHash, originals kept), through the CLI of the code tree
   ``--tree`` (``PYTHONPATH=TREE``, so the spawned workers import that tree too; the run
   checks which files it imported). The headline row: it is what a user types.
 - ``pipeline --no-keep-originals``: the same without copying the originals into OUT.
-- ``vipsthumbnail``: the file list split round-robin into N parts (so each part gets the
-  same mix of sizes), one ``vipsthumbnail -s 256 -o OUT/%s.jpg[Q=85] files...`` per part,
+- ``vipsthumbnail``: the sorted file list cut into N contiguous parts of equal length (each
+  gets the same mix of sizes, since the files alternate), one ``vipsthumbnail -s 256 -o OUT/%s.jpg[Q=85] files...`` per part,
   all started together; libvips' own thread pool at its default. It shrinks on load
   (JPEG DCT scaling), autorotates, computes no hash and keeps no original: it is the
   throughput anchor, not a like-for-like tool.
@@ -224,8 +229,18 @@ def pipeline_launch(tree: Path, folder: Path, out: Path, procs: int, extra: Sequ
 
 
 def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
-    """Round-robin: each part gets the same mix of 12 MP and 3 MP photos (files alternate)."""
-    return [list(files[k::parts]) for k in range(parts) if files[k::parts]]
+    """Contiguous parts of (nearly) equal length, as `split -n` would cut the list. The
+    corpus alternates 12 MP and 3 MP, so each part gets the same mix; round-robin would hand
+    all the 12 MP files to one process at --procs 2 (measured: one vipsthumbnail ran alone
+    for the second half of the run)."""
+    n = len(files)
+    cuts = [k * n // parts for k in range(parts + 1)]
+    return [list(files[a:b]) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def part_sizes_mb(files: Sequence[Path], parts: int) -> list[float]:
+    """Bytes per vipsthumbnail process: how even the static split is."""
+    return [round(sum(f.stat().st_size for f in part) / 1e6, 1) for part in split(files, parts)]
 
 
 def vips_launches(files: Sequence[Path], out: Path, procs: int) -> list[Launch]:
@@ -646,7 +661,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     with bench_lock(args.lock):
         folders = {n: ensure_folder(args.corpus_dir / f"v{CORPUS_VERSION}", n, args.procs) for n in args.sizes}
     files = {n: photo_files(f) for n, f in folders.items()}
-    report["corpus"] = {str(n): describe_folder(f) | {"path": str(f)} for n, f in folders.items()}
+    report["corpus"] = {
+        str(n): describe_folder(f) | {"path": str(f), "vips_parts_mb": part_sizes_mb(files[n], args.procs)}
+        for n, f in folders.items()
+    }
     print(f"corpus: {json.dumps(report['corpus'])}", flush=True)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="pipeline-folder-", dir=args.work_dir) as tmp:

@@ -46,12 +46,14 @@ def test_with_orientation_is_read_back_and_rotates() -> None:
     assert bf.with_orientation(b"\xff\xd8rest", 1) == b"\xff\xd8rest"
 
 
-def test_split_round_robin_covers_every_file_once() -> None:
+def test_split_contiguous_parts_cover_every_file_once_with_the_same_mix() -> None:
     files = [Path(bf.file_name(i)) for i in range(11)]
     parts = bf.split(files, 2)
-    assert [len(p) for p in parts] == [6, 5]
-    assert sorted(f for part in parts for f in part) == files
-    assert parts[0][:2] == [Path("IMG_0000.jpg"), Path("IMG_0002.jpg")]
+    assert [len(p) for p in parts] == [5, 6]
+    assert [f for part in parts for f in part] == files
+    # Files alternate 12 MP (even) and 3 MP (odd): every part must get both, evenly.
+    big = [sum(int(f.stem[-4:]) % 2 == 0 for f in part) for part in parts]
+    assert big == [3, 3]
     assert bf.split(files[:1], 2) == [[Path("IMG_0000.jpg")]]  # no empty part: vipsthumbnail with no file
 
 
@@ -60,7 +62,8 @@ def test_vips_launches_one_process_per_part(tmp_path: Path) -> None:
     group = bf.vips_launches(files, tmp_path / "out", 2)
     assert len(group) == 2
     assert group[0].argv[:5] == ("vipsthumbnail", "-s", "256", "-o", f"{tmp_path / 'out'}/%s.jpg[Q=85]")
-    assert group[0].argv[5:] == tuple(str(f) for f in files[0::2])
+    assert group[0].argv[5:] == tuple(str(f) for f in files[:2])
+    assert group[1].argv[5:] == tuple(str(f) for f in files[2:])
 
 
 def test_pipeline_launch_runs_the_trees_cli(tmp_path: Path) -> None:
