@@ -15,7 +15,9 @@ The runners, one after another under ``flock --lock`` (other benchmarks on the m
 take the same lock, so timed runs never overlap), alternating within a session: rep 1 of
 every runner, then rep 2..., the order rotated by one each rep so that no runner always
 follows the same one. Outputs go to a fresh folder on /dev/shm (``--work-dir``), removed
-after each run. The lock binds only the programs that take it, so with the lock held each
+after each run. Timed runs get nice -10 (``--nice``; both runners alike), so that the
+untimed work of others on a shared machine yields to them. The lock binds only the
+programs that take it, so with the lock held each
 run also waits (up to ``--quiet-wait`` s) for a second in which the rest of the machine
 uses at most ``--quiet-cores`` cores, and a run during which others used more (machine-wide
 busy CPU from /proc/stat minus the tree's own) is run again, up to ``--noisy-retries``
@@ -342,14 +344,29 @@ class _Sampler:
             self.peak = max(self.peak, sum(tree_rss(p) for p in self.pids if p not in self.final))
 
 
-def run_group(group: Sequence[Launch], timeout: float = 1800.0) -> GroupRun:
+def _niced(nice: int):  # type: ignore[no-untyped-def]
+    """A preexec_fn setting the child's nice value (inherited by its workers and threads)."""
+    return None if nice == 0 else (lambda: os.setpriority(os.PRIO_PROCESS, 0, nice))
+
+
+def nice_allowed(nice: int) -> bool:
+    """Whether children may get this nice value (below 0 needs root or CAP_SYS_NICE)."""
+    try:
+        subprocess.run(["true"], preexec_fn=_niced(nice), check=True)
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return True
+
+
+def run_group(group: Sequence[Launch], timeout: float = 1800.0, nice: int = 0) -> GroupRun:
     """Start every launch at once, wait for all, measure the whole tree."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     system_before = system_cpu_s()
     with tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         procs = [subprocess.Popen(list(la.argv), cwd=la.cwd, env={**os.environ, **dict(la.env)},
-                                  stdout=subprocess.DEVNULL, stderr=err) for la in group]  # fmt: skip
+                                  stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_niced(nice))  # noqa: PLW1509
+                 for la in group]  # fmt: skip
         sampler = _Sampler([p.pid for p in procs], started)
         sampler.thread.start()
         codes = []
@@ -477,7 +494,7 @@ def attempt(runner: str, size: int, rep: int, files: Sequence[Path], folder: Pat
     """One timed run (the caller holds the lock)."""
     shutil.rmtree(out, ignore_errors=True)
     group = launches(runner, args.tree, folder, files, out, args.procs, args.pipeline_args.split())
-    run = run_group(group)
+    run = run_group(group, nice=args.nice)
     done = photos_done(runner, out) if all(c == 0 for c in run.returncodes) else 0
     shutil.rmtree(out, ignore_errors=True)  # inside the lock: 3 GB of tmpfs to free is work too
     cores = timeline(run.samples, run.wall_s, args.bin)
@@ -631,6 +648,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-quiet", action="store_const", const=None, dest="quiet_cores",
                    help="neither wait for a quiet machine nor run noisy runs again")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="longest wait for a quiet machine, s [%(default)s]")
+    p.add_argument("--nice", type=int, default=-10,
+                   help="nice value of the timed runs (both runners alike): others' work yields to them [%(default)s]")
     p.add_argument("--noisy-retries", type=int, default=2, help="extra attempts of a noisy run [%(default)s]")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
@@ -640,6 +659,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown runners {sorted(unknown)}: use {','.join(RUNNERS)}")
     args.tree = args.tree.resolve()
+    if args.nice and not nice_allowed(args.nice):
+        print(f"--nice {args.nice} is not allowed here (needs root or CAP_SYS_NICE): timed runs at 0", flush=True)
+        args.nice = 0
     return args
 
 
@@ -655,6 +677,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     report: dict[str, object] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "argv": list(sys.argv[1:]),
         "machine": machine(), "tree": tree_identity(args.tree), "procs": args.procs, "bin_s": args.bin,
+        "nice": args.nice, "quiet_cores": args.quiet_cores, "quiet_wait_s": args.quiet_wait,
+        "noisy_retries": args.noisy_retries,
     }  # fmt: skip
     print(f"tree: {report['tree']}", flush=True)
     # Making the corpus is a minute of both cores: hold the lock so no one's timed run sees it.

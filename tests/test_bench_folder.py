@@ -126,7 +126,7 @@ def test_bench_lock_is_exclusive(tmp_path: Path) -> None:
 
 
 def _args(tmp_path: Path) -> argparse.Namespace:
-    return argparse.Namespace(lock=None, tree=ROOT, procs=2, pipeline_args="", bin=0.5, quiet_cores=None,
+    return argparse.Namespace(lock=None, tree=ROOT, procs=2, pipeline_args="", bin=0.5, quiet_cores=None, nice=0,
                               quiet_wait=0.0, noisy_retries=0)  # fmt: skip
 
 
