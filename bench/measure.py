@@ -28,7 +28,8 @@ class Measured:
     stderr: str
 
 
-def _tree(pid: int) -> list[int]:
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants, every parent before its children (readers rely on it)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -44,7 +45,7 @@ def _tree(pid: int) -> list[int]:
 
 def tree_rss(pid: int) -> int:
     total = 0
-    for p in _tree(pid):
+    for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/statm") as f:
                 total += int(f.read().split()[1]) * PAGE
