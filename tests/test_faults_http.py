@@ -357,8 +357,8 @@ def _fault_routes() -> tuple[dict, dict[str, tuple[str, str | None, int | None]]
         "/503-then-200": ("ok", None, 2),
         "/500": ("failed", "http_5xx", 2),
         "/429-3600": ("failed", "http_4xx", 2),
-        "/slow-headers": ("failed", "timeout", 2),
-        "/drip": ("failed", "timeout", 2),
+        "/slow-headers": ("failed", "timeout", 1),  # --timeout-retries 0: a silent server is not retried
+        "/drip": ("failed", "timeout", 1),
         "/endless": ("failed", "too_large", 1),
         "/short": ("failed", "truncated", 2),
         "/reset": ("failed", "truncated", 2),

@@ -278,7 +278,7 @@ async def _stall_mid_body(reader, writer):
 
 
 def test_no_response_within_timeout_is_retried_then_timeout():
-    options = replace(FAST, timeout=0.5, retries=1)
+    options = replace(FAST, timeout=0.5, retries=1, timeout_retries=1)
     result = fetch_raw(_stall_before_response, options)
     assert_failed(result, ErrorClass.TIMEOUT)
     assert result.attempts == 2
