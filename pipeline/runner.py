@@ -1,9 +1,10 @@
-"""Wires the stages: manifest → shards → executor (fetch + process + store) → catalog.
+"""Wires the stages: manifest → shards → batches → executor (fetch + process + store) → catalog.
 
 The runner lives in the parent process. It checks the run's fingerprint against the
-catalog (resume or refuse), streams shards that still need work to the executor, commits
-each finished shard in one transaction, and reports progress through a callback, so that
-the CLI, a notebook or a script can show it however they like.
+catalog (resume or refuse), streams the rows that still need work to the executor in
+batches (schedule.py), commits finished rows every half second with the done marks of the
+shards they complete, and reports progress through a callback, so that the CLI, a notebook
+or a script can show it however they like.
 """
 
 from __future__ import annotations
