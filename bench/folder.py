@@ -15,14 +15,15 @@ The runners, one after another under ``flock --lock`` (other benchmarks on the m
 take the same lock, so timed runs never overlap), alternating within a session: rep 1 of
 every runner, then rep 2..., the order rotated by one each rep so that no runner always
 follows the same one. Outputs go to a fresh folder on /dev/shm (``--work-dir``), removed
-after each run. Timed runs get nice -10 (``--nice``; both runners alike), so that the
-untimed work of others on a shared machine yields to them. The lock binds only the
-programs that take it, so with the lock held each
+after each run. Timed runs get nice -10 (``--nice``; both runners alike), each in a session
+of its own whose autogroup gets the same nice (with autogroup scheduling, a process's nice
+weighs only within its session), so that the untimed work of others on a shared machine
+yields to them. The lock binds only the programs that take it, so with the lock held each
 run also waits (up to ``--quiet-wait`` s) for a second in which the rest of the machine
-uses at most ``--quiet-cores`` cores, and a run during which others used more (machine-wide
-busy CPU from /proc/stat minus the tree's own) is run again, up to ``--noisy-retries``
-times; the quiet attempt is kept, else the least disturbed one, flagged ``noisy``. Every
-result carries the others' cores and the hypervisor's steal measured during it.
+uses at most ``--quiet-cores`` cores, and a run during which others took more (machine-wide
+busy CPU from /proc/stat minus the tree's own, plus the hypervisor's steal) is run again,
+up to ``--noisy-retries`` times; the quiet attempt is kept, else the least disturbed one,
+flagged ``noisy``. Every result carries the others' cores and the steal measured during it.
 
 - ``pipeline``: ``pipeline run FOLDER --procs N -o OUT -q`` with its defaults (256 px JPEG
   q85 thumbnail, SHA-256, dHash, pHash, originals kept), through the CLI of the code tree
@@ -69,7 +70,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -344,15 +345,27 @@ class _Sampler:
             self.peak = max(self.peak, sum(tree_rss(p) for p in self.pids if p not in self.final))
 
 
-def _niced(nice: int):  # type: ignore[no-untyped-def]
-    """A preexec_fn setting the child's nice value (inherited by its workers and threads)."""
-    return None if nice == 0 else (lambda: os.setpriority(os.PRIO_PROCESS, 0, nice))
+def _child_setup(nice: int) -> Callable[[], None] | None:
+    """preexec_fn of a timed child, which run_group starts in a session of its own: its nice
+    value, and the same for its session's autogroup. With autogroup scheduling (on here), nice
+    only weighs a process against its own session; the session's weight against the others'
+    is /proc/self/autogroup's (measured: at nice -10 alone, other sessions still took 0.6-0.7
+    of the 2 cores during long runs). Workers and threads inherit both."""
+    if nice == 0:
+        return None
+
+    def setup() -> None:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+            f.write(str(nice))
+
+    return setup
 
 
 def nice_allowed(nice: int) -> bool:
     """Whether children may get this nice value (below 0 needs root or CAP_SYS_NICE)."""
     try:
-        subprocess.run(["true"], preexec_fn=_niced(nice), check=True)
+        subprocess.run(["true"], preexec_fn=_child_setup(nice), start_new_session=True, check=True)
     except (subprocess.SubprocessError, OSError):
         return False
     return True
@@ -365,7 +378,8 @@ def run_group(group: Sequence[Launch], timeout: float = 1800.0, nice: int = 0) -
     with tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         procs = [subprocess.Popen(list(la.argv), cwd=la.cwd, env={**os.environ, **dict(la.env)},
-                                  stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_niced(nice))  # noqa: PLW1509
+                                  stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                  preexec_fn=_child_setup(nice))  # noqa: PLW1509
                  for la in group]  # fmt: skip
         sampler = _Sampler([p.pid for p in procs], started)
         sampler.thread.start()
@@ -472,7 +486,7 @@ class Result:
     others_cores_before: float = 0.0  # in the second just before the start
     attempts: int = 1
     noisy: bool = False  # others_cores above --quiet-cores in every attempt: the least noisy one is kept
-    discarded: tuple[tuple[float, float], ...] = ()  # (wall_s, others_cores) of noisy attempts run again
+    discarded: tuple[tuple[float, float], ...] = ()  # (wall_s, others + steal cores) of noisy attempts run again
 
 
 def wait_quiet(max_cores: float, max_wait_s: float, window_s: float = 1.0) -> tuple[float, float]:
@@ -507,11 +521,17 @@ def attempt(runner: str, size: int, rep: int, files: Sequence[Path], folder: Pat
     )  # fmt: skip
 
 
+def disturbance(r: Result) -> float:
+    """Cores taken from the run's machine meanwhile: other processes, and other guests (steal)."""
+    return r.others_cores + r.steal_cores
+
+
 def measure(runner: str, size: int, rep: int, files: Sequence[Path], folder: Path, out: Path,
             args: argparse.Namespace) -> Result:  # fmt: skip
     """Under the lock: wait for a quiet machine, run; run again (up to --noisy-retries times)
     when other work took more than --quiet-cores meanwhile, since the lock binds only the
-    benchmarks that take it. Keeps the quiet attempt, else the least noisy one."""
+    benchmarks that take it (steal counts too: other guests of the hypervisor). Keeps the
+    quiet attempt, else the least noisy one."""
     tries: list[Result] = []
     with bench_lock(args.lock) as waited:
         for _ in range(1 + args.noisy_retries):
@@ -519,11 +539,11 @@ def measure(runner: str, size: int, rep: int, files: Sequence[Path], folder: Pat
             r = attempt(runner, size, rep, files, folder, out, args)
             tries.append(replace(r, lock_wait_s=round(waited, 1), quiet_wait_s=round(quiet_wait, 1),
                                  others_cores_before=round(before, 2)))  # fmt: skip
-            if not r.ok or args.quiet_cores is None or r.others_cores <= args.quiet_cores:
+            if not r.ok or args.quiet_cores is None or disturbance(r) <= args.quiet_cores:
                 break
-    best = min(tries, key=lambda r: (not r.ok, r.others_cores))
-    noisy = args.quiet_cores is not None and best.others_cores > args.quiet_cores
-    discarded = tuple((r.wall_s, r.others_cores) for r in tries if r is not best)
+    best = min(tries, key=lambda r: (not r.ok, disturbance(r)))
+    noisy = args.quiet_cores is not None and disturbance(best) > args.quiet_cores
+    discarded = tuple((r.wall_s, round(disturbance(r), 2)) for r in tries if r is not best)
     return replace(best, attempts=len(tries), noisy=noisy, discarded=discarded)
 
 
@@ -537,7 +557,7 @@ def print_result(r: Result, bin_s: float) -> None:
           f">=90%: {r.busy_share:.0%}  others {r.others_cores:.2f} cores, steal {r.steal_cores:.2f}"
           + (f"  waited {r.lock_wait_s} s for the lock" if r.lock_wait_s >= 1 else "")
           + (f", {r.quiet_wait_s} s for quiet" if r.quiet_wait_s >= 2 else "")
-          + (f"  attempts {r.attempts}, discarded (wall s, others' cores): {r.discarded}" if r.discarded else "")
+          + (f"  attempts {r.attempts}, discarded (wall s, others' + steal cores): {r.discarded}" if r.discarded else "")
           + ("  NOISY" if r.noisy else ""), flush=True)  # fmt: skip
     print(f"        cores busy per {bin_s} s: {fmt_timeline(r.timeline)}", flush=True)
     if r.error:
@@ -644,7 +664,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="flock taken around every timed run [%(default)s]")  # fmt: skip
     p.add_argument("--no-lock", action="store_const", const=None, dest="lock", help="take no lock")
     p.add_argument("--quiet-cores", type=float, default=0.25,
-                   help="others' CPU (cores) allowed before and during a run; noisier runs are run again [%(default)s]")
+                   help="others' CPU + steal (cores) allowed before and during a run; noisier runs are run again [%(default)s]")
     p.add_argument("--no-quiet", action="store_const", const=None, dest="quiet_cores",
                    help="neither wait for a quiet machine nor run noisy runs again")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="longest wait for a quiet machine, s [%(default)s]")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import os
 import shutil
 import sys
 import time
@@ -161,3 +162,14 @@ def test_tree_identity_refuses_a_tree_that_would_import_another_pipeline(tmp_pat
 def test_wait_quiet_returns_the_level_it_saw() -> None:
     waited, level = bf.wait_quiet(max_cores=1e6, max_wait_s=10.0, window_s=0.05)
     assert waited >= 0.05 and level >= 0.0
+
+
+def test_timed_children_get_the_nice_value_in_their_own_session(tmp_path: Path) -> None:
+    if not bf.nice_allowed(-5):
+        pytest.skip("negative nice needs root or CAP_SYS_NICE")
+    probe = "import os; print(os.getpriority(os.PRIO_PROCESS, 0), os.getsid(0))"
+    out = tmp_path / "probe.txt"
+    run = bf.run_group([bf.Launch(("sh", "-c", f"{sys.executable} -c '{probe}' > {out}"), tmp_path)], nice=-5)
+    assert run.returncodes == (0,)
+    nice, session = out.read_text().split()
+    assert nice == "-5" and int(session) != os.getsid(0)  # inherited from sh, which leads a new session
