@@ -691,6 +691,16 @@ def machine() -> dict[str, object]:
     return base_machine() | {"vipsthumbnail": vips_version(), "vips_concurrency": os.environ.get("VIPS_CONCURRENCY")}
 
 
+def save(path: Path, report: dict[str, object], results: Sequence[Result], started: float, *,
+         complete: bool) -> list[dict[str, object]]:  # fmt: skip
+    """Write the results file (atomically); returns the summary rows."""
+    rows = summarise(results)
+    body = report | {"complete": complete, "results": [asdict(r) for r in results], "summary": rows,
+                     "elapsed_s": round(time.time() - started, 1)}  # fmt: skip
+    _write_atomic(path, (json.dumps(body, indent=1) + "\n").encode())
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.time()
@@ -710,6 +720,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for n, f in folders.items()
     }
     print(f"corpus: {json.dumps(report['corpus'])}", flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / time.strftime("folder-%Y%m%dT%H%M%SZ.json", time.gmtime(started))
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="pipeline-folder-", dir=args.work_dir) as tmp:
         out = Path(tmp) / "out"
@@ -721,18 +733,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                     result = measure(runner, size, rep, files[size], folders[size], out, args)
                     print_result(result, args.bin)
                     results.append(result)
-    report["results"] = [asdict(r) for r in results]
-    report["summary"] = rows = summarise(results)
-    report["elapsed_s"] = round(time.time() - started, 1)
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / time.strftime("folder-%Y%m%dT%H%M%SZ.json", time.gmtime(started))
-    path.write_text(json.dumps(report, indent=1) + "\n")
+                    # After every run: a session killed from outside (it happened) keeps what it measured.
+                    save(path, report, results, started, complete=False)
+    rows = save(path, report, results, started, complete=True)
     print()
     print(table(rows, args.procs))
     print(f"\ncores busy per {args.bin} s, median run of each:")
     for r in rows:
         print(f"  {r['size']:>5} {r['label']:<29} {fmt_timeline(r['timeline'])}")  # type: ignore[arg-type]
-    print(f"\nresults: {path}  ({report['elapsed_s']} s)")
+    print(f"\nresults: {path}  ({round(time.time() - started, 1)} s)")
     if any(not r.ok for r in results):
         sys.exit(1)
 
