@@ -11,9 +11,10 @@ every file has its own bytes and SHA-256 at the cost of a copy, and the sorted f
 alternates 12 MP and 3 MP. The 40 bases are cached on disk (``--corpus-dir``); the
 folders are made from them in seconds on tmpfs (``--folders-dir``, /dev/shm) and removed
 at the end (``--keep-folders`` keeps them): this VM's host drops the page cache now and
-then (``drop_caches`` in dmesg, once during a run), and tmpfs pages are not dropped. A run
-that read more than ``--max-disk-read`` MB from the disks meanwhile (/proc/diskstats: a
-cold interpreter, libraries or files) counts as disturbed and is run again, as below.
+then (``drop_caches`` in dmesg, once during a session), and tmpfs pages are not dropped.
+A run that read more than ``--max-disk-read`` MB from the disks meanwhile
+(/proc/diskstats: a cold interpreter, libraries or files) counts as disturbed and is run
+again, as below.
 
 The runners, one after another under ``flock --lock`` (other benchmarks on the machine
 take the same lock, so timed runs never overlap), alternating within a session: rep 1 of
@@ -27,7 +28,8 @@ run also waits (up to ``--quiet-wait`` s) for a second in which the rest of the 
 uses at most ``--quiet-cores`` cores, and a run during which others took more (machine-wide
 busy CPU from /proc/stat minus the tree's own, plus the hypervisor's steal) is run again,
 up to ``--noisy-retries`` times; the quiet attempt is kept, else the least disturbed one,
-flagged ``noisy``. Every result carries the others' cores and the steal measured during it.
+flagged ``noisy``. Every result carries the others' cores, the steal and the disk reads
+measured during it, and when it started.
 
 - ``pipeline``: ``pipeline run FOLDER --procs N -o OUT -q`` with its defaults (256 px JPEG
   q85 thumbnail, SHA-256, dHash, pHash, originals kept), through the CLI of the code tree
@@ -35,8 +37,9 @@ flagged ``noisy``. Every result carries the others' cores and the steal measured
   checks which files it imported). The headline row: it is what a user types.
 - ``pipeline --no-keep-originals``: the same without copying the originals into OUT.
 - ``vipsthumbnail``: the sorted file list cut into N contiguous parts of equal length (each
-  gets the same mix of sizes, since the files alternate), one ``vipsthumbnail -s 256 -o OUT/%s.jpg[Q=85] files...`` per part,
-  all started together; libvips' own thread pool at its default. It shrinks on load
+  gets the same mix of sizes, since the files alternate), one ``vipsthumbnail -s 256 -o
+  OUT/%s.jpg[Q=85] files...`` per part, all started together; libvips' own thread pool at
+  its default. It shrinks on load
   (JPEG DCT scaling), autorotates, computes no hash and keeps no original: it is the
   throughput anchor, not a like-for-like tool.
 
@@ -54,7 +57,8 @@ counts only if every photo came out (pipeline: ``ok`` rows in the catalog; vips:
 Reported per folder size and runner: medians over ``--reps`` of wall time, photos/s
 (photos / wall), CPU-seconds, CPU-ms per photo, peak RSS and busy share; the ratio of
 pipeline's photos/s to vipsthumbnail's; and the timeline of the median run. Results:
-``bench/results/folder-<UTC>.json``.
+``bench/results/folder-<UTC>.json``, rewritten after every run (``"complete": false``
+until the end).
 """
 
 from __future__ import annotations
