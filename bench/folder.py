@@ -8,8 +8,13 @@ Orientation tag (6 or 8) that makes it portrait. Pixels are real photographs wit
 (``bench/photos.py``), q85 4:2:0 as cameras write them. 40 distinct base photos are made
 once; file ``i`` is base ``i % 40`` with a COM segment naming ``i`` (``unique_copy``), so
 every file has its own bytes and SHA-256 at the cost of a copy, and the sorted file order
-alternates 12 MP and 3 MP. Cached on disk (``--corpus-dir``) and read once before each
-size's round of every repetition, so every runner reads it from the page cache.
+alternates 12 MP and 3 MP. The 40 bases are cached on disk (``--corpus-dir``); the
+folders are made from them in seconds on tmpfs (``--folders-dir``, /dev/shm) and removed
+at the end (``--keep-folders`` keeps them): this VM's host drops the page cache now and
+then (``drop_caches`` in dmesg, once during a session), and tmpfs pages are not dropped.
+A run that read more than ``--max-disk-read`` MB from the disks meanwhile
+(/proc/diskstats: a cold interpreter, libraries or files) counts as disturbed and is run
+again, as below.
 
 The runners, one after another under ``flock --lock`` (other benchmarks on the machine
 take the same lock, so timed runs never overlap), alternating within a session: rep 1 of
@@ -23,7 +28,8 @@ run also waits (up to ``--quiet-wait`` s) for a second in which the rest of the 
 uses at most ``--quiet-cores`` cores, and a run during which others took more (machine-wide
 busy CPU from /proc/stat minus the tree's own, plus the hypervisor's steal) is run again,
 up to ``--noisy-retries`` times; the quiet attempt is kept, else the least disturbed one,
-flagged ``noisy``. Every result carries the others' cores and the steal measured during it.
+flagged ``noisy``. Every result carries the others' cores, the steal and the disk reads
+measured during it, and when it started.
 
 - ``pipeline``: ``pipeline run FOLDER --procs N -o OUT -q`` with its defaults (256 px JPEG
   q85 thumbnail, SHA-256, dHash, pHash, originals kept), through the CLI of the code tree
@@ -31,8 +37,9 @@ flagged ``noisy``. Every result carries the others' cores and the steal measured
   checks which files it imported). The headline row: it is what a user types.
 - ``pipeline --no-keep-originals``: the same without copying the originals into OUT.
 - ``vipsthumbnail``: the sorted file list cut into N contiguous parts of equal length (each
-  gets the same mix of sizes, since the files alternate), one ``vipsthumbnail -s 256 -o OUT/%s.jpg[Q=85] files...`` per part,
-  all started together; libvips' own thread pool at its default. It shrinks on load
+  gets the same mix of sizes, since the files alternate), one ``vipsthumbnail -s 256 -o
+  OUT/%s.jpg[Q=85] files...`` per part, all started together; libvips' own thread pool at
+  its default. It shrinks on load
   (JPEG DCT scaling), autorotates, computes no hash and keeps no original: it is the
   throughput anchor, not a like-for-like tool.
 
@@ -50,7 +57,8 @@ counts only if every photo came out (pipeline: ``ok`` rows in the catalog; vips:
 Reported per folder size and runner: medians over ``--reps`` of wall time, photos/s
 (photos / wall), CPU-seconds, CPU-ms per photo, peak RSS and busy share; the ratio of
 pipeline's photos/s to vipsthumbnail's; and the timeline of the median run. Results:
-``bench/results/folder-<UTC>.json``.
+``bench/results/folder-<UTC>.json``, rewritten after every run (``"complete": false``
+until the end).
 """
 
 from __future__ import annotations
@@ -91,6 +99,7 @@ LABELS = {"pipeline": "pipeline", "pipeline-nokeep": "pipeline --no-keep-origina
 SIDE = 256
 BUSY = 0.9  # a bin counts as busy at >= 90% of --procs cores (the issue's target)
 SAMPLE_S = 0.05
+SHM = Path("/dev/shm")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -161,14 +170,15 @@ def _ensure_bases(root: Path, procs: int) -> list[bytes]:
     return [_base_path(root, b).read_bytes() for b in bases]
 
 
-def ensure_folder(root: Path, size: int, procs: int) -> Path:
-    """``root/photos-<size>``: ``size`` distinct files, made once (a marker file says it is whole)."""
+def ensure_folder(bases_root: Path, root: Path, size: int, procs: int) -> Path:
+    """``root/photos-<size>``: ``size`` distinct files from the bases cached in ``bases_root``,
+    made once (a marker file says it is whole)."""
     from bench.photos import unique_copy
 
     folder = root / f"photos-{size}"
     if (folder / ".complete").exists():
         return folder
-    bases = _ensure_bases(root, procs)
+    bases = _ensure_bases(bases_root, procs)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for i in range(size):
@@ -286,6 +296,7 @@ class GroupRun:
     cpu_s: float  # RUSAGE_CHILDREN: every process of the tree, reaped
     others_cores: float  # mean cores busy outside the tree meanwhile (a shared machine's noise)
     steal_cores: float  # mean cores the hypervisor gave to other guests meanwhile
+    disk_read_mb: float  # read from the disks meanwhile, by anyone
     peak_rss_mb: float
     samples: tuple[tuple[float, float], ...]  # (seconds since start, cumulative CPU-seconds of the tree)
     stderr: str
@@ -307,6 +318,19 @@ def system_cpu_s() -> tuple[float, float]:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
     return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK, v[7] / CLK_TCK
+
+
+def disk_read_mb() -> float:
+    """MB read from the machine's whole disks since boot (partitions and loop/ram devices left out)."""
+    total = 0
+    with open("/proc/diskstats") as f:
+        for line in f:
+            fields = line.split()
+            name = fields[2]
+            if name.startswith(("loop", "ram")) or not Path(f"/sys/block/{name}").exists():
+                continue
+            total += int(fields[5])  # sectors read, 512 bytes each
+    return total * 512 / 1e6
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -374,7 +398,7 @@ def nice_allowed(nice: int) -> bool:
 def run_group(group: Sequence[Launch], timeout: float = 1800.0, nice: int = 0) -> GroupRun:
     """Start every launch at once, wait for all, measure the whole tree."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    system_before = system_cpu_s()
+    system_before, disk_before = system_cpu_s(), disk_read_mb()
     with tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         procs = [subprocess.Popen(list(la.argv), cwd=la.cwd, env={**os.environ, **dict(la.env)},
@@ -399,13 +423,14 @@ def run_group(group: Sequence[Launch], timeout: float = 1800.0, nice: int = 0) -
         sampler.thread.join()
         err.seek(0)
         stderr = err.read()[-2000:]
-    system_after = system_cpu_s()
+    system_after, disk_after = system_cpu_s(), disk_read_mb()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     others = max(0.0, system_after[0] - system_before[0] - cpu) / wall
     steal = (system_after[1] - system_before[1]) / wall
     samples = [s for s in sampler.samples if s[0] < wall] + [(wall, sampler.cpu_now())]
-    return GroupRun(tuple(codes), wall, cpu, others, steal, sampler.peak / 1e6, tuple(samples), stderr)
+    return GroupRun(tuple(codes), wall, cpu, others, steal, disk_after - disk_before, sampler.peak / 1e6,
+                    tuple(samples), stderr)
 
 
 # -- the timeline --------------------------------------------------------------------------
@@ -479,14 +504,16 @@ class Result:
     mean_cores: float
     others_cores: float
     steal_cores: float
+    disk_read_mb: float
     timeline: tuple[float, ...]
     error: str = ""
+    started_utc: str = ""  # when the timed run began, to match against dmesg, other jobs...
     lock_wait_s: float = 0.0
     quiet_wait_s: float = 0.0
     others_cores_before: float = 0.0  # in the second just before the start
     attempts: int = 1
-    noisy: bool = False  # others_cores above --quiet-cores in every attempt: the least noisy one is kept
-    discarded: tuple[tuple[float, float], ...] = ()  # (wall_s, others + steal cores) of noisy attempts run again
+    noisy: bool = False  # disturbed in every attempt (see ``disturbed``): the least disturbed one is kept
+    discarded: tuple[tuple[float, float, float], ...] = ()  # (wall_s, others + steal cores, disk MB) run again
 
 
 def wait_quiet(max_cores: float, max_wait_s: float, window_s: float = 1.0) -> tuple[float, float]:
@@ -517,13 +544,20 @@ def attempt(runner: str, size: int, rep: int, files: Sequence[Path], folder: Pat
     return Result(
         size, runner, rep, ok, done, round(run.wall_s, 3), round(size / run.wall_s, 2), round(run.cpu_s, 2),
         round(run.cpu_s / size * 1000, 1), round(run.peak_rss_mb, 1), busy_share(cores, run.wall_s, args.bin, args.procs),
-        round(run.cpu_s / run.wall_s, 2), round(run.others_cores, 2), round(run.steal_cores, 2), tuple(cores), error,
+        round(run.cpu_s / run.wall_s, 2), round(run.others_cores, 2), round(run.steal_cores, 2),
+        round(run.disk_read_mb, 1), tuple(cores), error,
     )  # fmt: skip
 
 
 def disturbance(r: Result) -> float:
     """Cores taken from the run's machine meanwhile: other processes, and other guests (steal)."""
     return r.others_cores + r.steal_cores
+
+
+def disturbed(r: Result, args: argparse.Namespace) -> bool:
+    if args.quiet_cores is None:
+        return False
+    return disturbance(r) > args.quiet_cores or r.disk_read_mb > args.max_disk_read
 
 
 def measure(runner: str, size: int, rep: int, files: Sequence[Path], folder: Path, out: Path,
@@ -536,15 +570,15 @@ def measure(runner: str, size: int, rep: int, files: Sequence[Path], folder: Pat
     with bench_lock(args.lock) as waited:
         for _ in range(1 + args.noisy_retries):
             quiet_wait, before = wait_quiet(args.quiet_cores, args.quiet_wait) if args.quiet_cores is not None else (0.0, 0.0)
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             r = attempt(runner, size, rep, files, folder, out, args)
-            tries.append(replace(r, lock_wait_s=round(waited, 1), quiet_wait_s=round(quiet_wait, 1),
+            tries.append(replace(r, started_utc=when, lock_wait_s=round(waited, 1), quiet_wait_s=round(quiet_wait, 1),
                                  others_cores_before=round(before, 2)))  # fmt: skip
-            if not r.ok or args.quiet_cores is None or disturbance(r) <= args.quiet_cores:
+            if not r.ok or not disturbed(r, args):
                 break
-    best = min(tries, key=lambda r: (not r.ok, disturbance(r)))
-    noisy = args.quiet_cores is not None and disturbance(best) > args.quiet_cores
-    discarded = tuple((r.wall_s, round(disturbance(r), 2)) for r in tries if r is not best)
-    return replace(best, attempts=len(tries), noisy=noisy, discarded=discarded)
+    best = min(tries, key=lambda r: (not r.ok, disturbed(r, args), disturbance(r)))
+    discarded = tuple((r.wall_s, round(disturbance(r), 2), r.disk_read_mb) for r in tries if r is not best)
+    return replace(best, attempts=len(tries), noisy=disturbed(best, args), discarded=discarded)
 
 
 def fmt_timeline(cores: Sequence[float]) -> str:
@@ -555,9 +589,10 @@ def print_result(r: Result, bin_s: float) -> None:
     print(f"  {r.size:>5} {LABELS[r.runner]:<29} {r.wall_s:>7.2f} s {r.photos_per_s:>7.1f} photos/s  "
           f"cpu {r.cpu_s:>6.1f} s ({r.cpu_ms_per_photo:.0f} ms/photo)  rss {r.peak_rss_mb:>5.0f} MB  "
           f">=90%: {r.busy_share:.0%}  others {r.others_cores:.2f} cores, steal {r.steal_cores:.2f}"
+          + (f", disk {r.disk_read_mb:.0f} MB" if r.disk_read_mb >= 1 else "")
           + (f"  waited {r.lock_wait_s} s for the lock" if r.lock_wait_s >= 1 else "")
           + (f", {r.quiet_wait_s} s for quiet" if r.quiet_wait_s >= 2 else "")
-          + (f"  attempts {r.attempts}, discarded (wall s, others' + steal cores): {r.discarded}" if r.discarded else "")
+          + (f"  attempts {r.attempts}, discarded (wall s, others' + steal cores, disk MB): {r.discarded}" if r.discarded else "")
           + ("  NOISY" if r.noisy else ""), flush=True)  # fmt: skip
     print(f"        cores busy per {bin_s} s: {fmt_timeline(r.timeline)}", flush=True)
     if r.error:
@@ -629,8 +664,9 @@ def tree_identity(tree: Path) -> dict[str, str]:
         if not Path(path).resolve().is_relative_to(tree.resolve()):
             raise SystemExit(f"--tree {tree}: the CLI would import {path}, not this tree")
     git = subprocess.run(["git", "log", "-1", "--format=%h %s"], check=False, cwd=tree, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=tree,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    # Only the code that runs: edits to the README or the bench do not change what is measured.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "pipeline", "cli.py"],
+                           check=False, cwd=tree, capture_output=True, text=True).stdout.strip()  # fmt: skip
     return {"tree": str(tree), "cli": got[0], "pipeline": got[1], "version": got[2],
             "commit": git.stdout.strip() or "?", "dirty": "yes" if dirty else "no"}  # fmt: skip
 
@@ -657,8 +693,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pipeline-args", default="", help="extra options for every `pipeline run` (experiments)")
     p.add_argument("--bin", type=float, default=0.5, help="timeline bin, seconds [%(default)s]")
     p.add_argument("--corpus-dir", type=Path, default=Path(tempfile.gettempdir()) / "pipeline-folder-corpus",
-                   help="where the photos are made once and kept [%(default)s]")  # fmt: skip
-    p.add_argument("--work-dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+                   help="where the 40 base photos are made once and kept [%(default)s]")
+    p.add_argument("--folders-dir", type=Path, default=SHM / "pipeline-folder-corpus" if SHM.is_dir() else None,
+                   help="where the folders are made, tmpfs so no page-cache drop reaches them [/dev/shm/...]")
+    p.add_argument("--keep-folders", action="store_true", help="leave the folders (3.5 GB of tmpfs) at the end")
+    p.add_argument("--max-disk-read", type=float, default=20.0,
+                   help="MB read from disk during a run before it counts as disturbed [%(default)s]")  # fmt: skip
+    p.add_argument("--work-dir", type=Path, default=SHM if SHM.is_dir() else None,
                    help="where outputs go, one fresh folder per run [/dev/shm]")  # fmt: skip
     p.add_argument("--lock", type=Path, default=Path("/tmp/bench.lock"),
                    help="flock taken around every timed run [%(default)s]")  # fmt: skip
@@ -691,25 +732,30 @@ def machine() -> dict[str, object]:
     return base_machine() | {"vipsthumbnail": vips_version(), "vips_concurrency": os.environ.get("VIPS_CONCURRENCY")}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    started = time.time()
-    report: dict[str, object] = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "argv": list(sys.argv[1:]),
-        "machine": machine(), "tree": tree_identity(args.tree), "procs": args.procs, "bin_s": args.bin,
-        "nice": args.nice, "quiet_cores": args.quiet_cores, "quiet_wait_s": args.quiet_wait,
-        "noisy_retries": args.noisy_retries,
-    }  # fmt: skip
-    print(f"tree: {report['tree']}", flush=True)
-    # Making the corpus is a minute of both cores: hold the lock so no one's timed run sees it.
+def save(path: Path, report: dict[str, object], results: Sequence[Result], started: float, *,
+         complete: bool) -> list[dict[str, object]]:  # fmt: skip
+    """Write the results file (atomically); returns the summary rows."""
+    rows = summarise(results)
+    body = report | {"complete": complete, "results": [asdict(r) for r in results], "summary": rows,
+                     "elapsed_s": round(time.time() - started, 1)}  # fmt: skip
+    _write_atomic(path, (json.dumps(body, indent=1) + "\n").encode())
+    return rows
+
+
+def measure_all(args: argparse.Namespace, report: dict[str, object], folders_root: Path,
+                started: float) -> tuple[list[Result], list[dict[str, object]], Path]:  # fmt: skip
+    # Making the corpus is a minute of both cores the first time: hold the lock so no one's timed run sees it.
     with bench_lock(args.lock):
-        folders = {n: ensure_folder(args.corpus_dir / f"v{CORPUS_VERSION}", n, args.procs) for n in args.sizes}
+        bases_root = args.corpus_dir / f"v{CORPUS_VERSION}"
+        folders = {n: ensure_folder(bases_root, folders_root, n, args.procs) for n in args.sizes}
     files = {n: photo_files(f) for n, f in folders.items()}
     report["corpus"] = {
         str(n): describe_folder(f) | {"path": str(f), "vips_parts_mb": part_sizes_mb(files[n], args.procs)}
         for n, f in folders.items()
     }
     print(f"corpus: {json.dumps(report['corpus'])}", flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / time.strftime("folder-%Y%m%dT%H%M%SZ.json", time.gmtime(started))
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="pipeline-folder-", dir=args.work_dir) as tmp:
         out = Path(tmp) / "out"
@@ -721,20 +767,37 @@ def main(argv: Sequence[str] | None = None) -> None:
                     result = measure(runner, size, rep, files[size], folders[size], out, args)
                     print_result(result, args.bin)
                     results.append(result)
-    report["results"] = [asdict(r) for r in results]
-    report["summary"] = rows = summarise(results)
-    report["elapsed_s"] = round(time.time() - started, 1)
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / time.strftime("folder-%Y%m%dT%H%M%SZ.json", time.gmtime(started))
-    path.write_text(json.dumps(report, indent=1) + "\n")
+                    # After every run: a session killed from outside (it happened) keeps what it measured.
+                    save(path, report, results, started, complete=False)
+    return results, save(path, report, results, started, complete=True), path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.time()
+    report: dict[str, object] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "argv": list(sys.argv[1:]),
+        "machine": machine(), "tree": tree_identity(args.tree), "procs": args.procs, "bin_s": args.bin,
+        "nice": args.nice, "quiet_cores": args.quiet_cores, "quiet_wait_s": args.quiet_wait,
+        "noisy_retries": args.noisy_retries, "max_disk_read_mb": args.max_disk_read,
+    }  # fmt: skip
+    print(f"tree: {report['tree']}", flush=True)
+    folders_root = (args.folders_dir or args.corpus_dir) / f"v{CORPUS_VERSION}"
+    try:
+        results, rows, path = measure_all(args, report, folders_root, started)
+    finally:
+        if not args.keep_folders and args.folders_dir is not None:
+            shutil.rmtree(folders_root, ignore_errors=True)  # 3.5 GB of someone's RAM otherwise
+            with contextlib.suppress(OSError):
+                folders_root.parent.rmdir()  # only if empty
     print()
     print(table(rows, args.procs))
     print(f"\ncores busy per {args.bin} s, median run of each:")
     for r in rows:
         print(f"  {r['size']:>5} {r['label']:<29} {fmt_timeline(r['timeline'])}")  # type: ignore[arg-type]
-    print(f"\nresults: {path}  ({report['elapsed_s']} s)")
+    print(f"\nresults: {path}  ({round(time.time() - started, 1)} s)")
     if any(not r.ok for r in results):
-        sys.exit(1)
+        sys.exit(1)  # a run failed: its error is in the results file
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,7 @@ def test_bench_lock_is_exclusive(tmp_path: Path) -> None:
 
 def _args(tmp_path: Path) -> argparse.Namespace:
     return argparse.Namespace(lock=None, tree=ROOT, procs=2, pipeline_args="", bin=0.5, quiet_cores=None, nice=0,
-                              quiet_wait=0.0, noisy_retries=0)  # fmt: skip
+                              quiet_wait=0.0, noisy_retries=0, max_disk_read=20.0)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -173,3 +174,30 @@ def test_timed_children_get_the_nice_value_in_their_own_session(tmp_path: Path) 
     assert run.returncodes == (0,)
     nice, session = out.read_text().split()
     assert nice == "-5" and int(session) != os.getsid(0)  # inherited from sh, which leads a new session
+
+
+def test_ensure_folder_makes_distinct_files_from_the_cached_bases(tmp_path: Path) -> None:
+    bases_root = tmp_path / "bases-root"
+    (bases_root / "bases").mkdir(parents=True)
+    for base in bf.base_photos():  # stand-ins, so no photograph is made (no scikit-image needed)
+        bf._base_path(bases_root, base).write_bytes(_jpeg(8, 6))
+    folder = bf.ensure_folder(bases_root, tmp_path / "folders", 45, 1)
+    files = bf.photo_files(folder)
+    assert [f.name for f in files] == [bf.file_name(i) for i in range(45)]
+    assert len({f.read_bytes() for f in files}) == 45
+    assert all(Image.open(f).size == (8, 6) for f in files[:3])
+    files[0].unlink()
+    assert bf.ensure_folder(bases_root, tmp_path / "folders", 45, 1) == folder  # marked whole: not redone
+
+
+def _result(**changes: object) -> bf.Result:
+    base = bf.Result(240, "vips", 0, True, 240, 6.0, 40.0, 11.0, 45.8, 100.0, 0.9, 1.8, 0.0, 0.0, 0.0, ())
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_disturbed_counts_others_steal_and_disk_reads() -> None:
+    args = argparse.Namespace(quiet_cores=0.25, max_disk_read=20.0)
+    assert not bf.disturbed(_result(others_cores=0.1, steal_cores=0.1, disk_read_mb=5.0), args)
+    assert bf.disturbed(_result(others_cores=0.2, steal_cores=0.1), args)
+    assert bf.disturbed(_result(disk_read_mb=300.0), args)
+    assert not bf.disturbed(_result(others_cores=2.0), argparse.Namespace(quiet_cores=None, max_disk_read=20.0))
