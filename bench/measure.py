@@ -80,3 +80,14 @@ def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Measured(proc.returncode, wall, cpu, peak / 1e6, stdout, stderr)
+
+
+def stop_server(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """Close a bench server's stdin (its signal to exit) and wait; kill it if it lingers."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

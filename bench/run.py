@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/run.py` as well as `python -m bench`
     sys.path.insert(0, str(ROOT))
 
-from bench.measure import Measured, run_measured  # noqa: E402
+from bench.measure import Measured, run_measured, stop_server  # noqa: E402
 
 I2D_PYTHON = Path(os.environ.get("BENCH_IMG2DATASET_VENV", "/tmp/benchvenv3")) / "bin" / "img2dataset"
 WORKLOADS = ("W1", "W2")
@@ -59,11 +59,7 @@ class BenchServer:
             return float(json.load(r)["cpu_s"])
 
     def close(self) -> None:
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_server(self.proc)
 
 
 # -- runners: each returns (command, how to count successes) ------------------------------

@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.measure import Measured, run_measured
+from bench.measure import Measured, run_measured, stop_server
 from bench.webcorpus import (
     EXPECTED,
     FORMAT_MIX,
@@ -103,12 +103,7 @@ class Server:
         return json.loads(self.proc.stdout.readline())  # type: ignore[union-attr]
 
     def close(self) -> None:
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_server(self.proc)
 
 
 # -- runners -------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ class LocalExecutor:
     def _accept(self, finished: Finished) -> Finished:
         # A row reported twice (rerun after a death that came after its report) is kept once.
         items = [item for item in finished.items if self._held.pop(item.row, None) is not None]
-        return Finished(items, finished.fetched, finished.bytes_downloaded, finished.worker_pid)
+        return Finished(items, finished.worker_pid)
 
     def _after_death(self, shard_size: int) -> Finished:
         alone, self._alone = self._alone, None

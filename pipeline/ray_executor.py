@@ -279,7 +279,7 @@ class _Fleet:
     def _accept(self, actor: _Actor, finished: Finished) -> Finished:
         items = [item for item in finished.items if actor.held.pop(item.row, None) is not None]
         self._held -= len(items)
-        return Finished(items, finished.fetched, finished.bytes_downloaded, finished.worker_pid)
+        return Finished(items, finished.worker_pid)
 
     def _replace(self, actor: _Actor, reason: str) -> Finished:
         """``actor`` is dead or unreachable: make sure it stays dead, start another in its

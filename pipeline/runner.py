@@ -336,10 +336,10 @@ class _Commits:
         if not self._rows and not self._done:
             return
         rows, done = self._rows, self._done
-        extras = self.extras + _jsonl_extras([item for _, item in rows], self.extras)
-        self.catalog.write_rows(rows, done, extra_columns=extras)
+        items = [item for _, item in rows]
+        self.catalog.write_rows(rows, done, extra_columns=self.extras + _jsonl_extras(items, self.extras))
         self._rows, self._done = [], []
-        _count(self.progress, [item for _, item in rows], len(done))
+        _count(self.progress, items, len(done))
         if self.on_progress is not None:
             self.on_progress(self.progress)
 

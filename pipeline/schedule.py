@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pipeline.models import ItemResult, ManifestRow, Shard, ShardDone
@@ -32,14 +32,19 @@ def batch_size(rows: int, procs: int) -> int:
     return max(1, min(BATCH_ROWS, math.ceil(rows / (4 * procs))))
 
 
+def by_source(rows: Iterable[ManifestRow]) -> dict[str, list[ManifestRow]]:
+    """``rows`` grouped by what they fetch, in order of first appearance."""
+    groups: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        groups.setdefault(row.source, []).append(row)
+    return groups
+
+
 def batches(rows: list[ManifestRow], shard_id: int, size: int) -> Iterator[Shard]:
     """``rows`` (valid ones, of one shard) in batches of about ``size``; every row naming one
     source lands in the same batch, so a worker fetches it once for all of them."""
-    by_source: dict[str, list[ManifestRow]] = {}
-    for row in rows:
-        by_source.setdefault(row.source, []).append(row)
     batch: list[ManifestRow] = []
-    for same in by_source.values():
+    for same in by_source(rows).values():
         if batch and len(batch) + len(same) > size:
             yield Shard(shard_id, tuple(batch))
             batch = []
@@ -99,6 +104,6 @@ class ShardTracker:
 def split(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[ManifestRow]]:
     """``rows`` in two halves by source (a source's rows stay together); used to find the one
     row that kills its worker."""
-    sources = list(dict.fromkeys(r.source for r in rows))
-    first = set(sources[: max(1, len(sources) // 2)])
-    return [r for r in rows if r.source in first], [r for r in rows if r.source not in first]
+    groups = list(by_source(rows).values())
+    half = max(1, len(groups) // 2)
+    return [r for g in groups[:half] for r in g], [r for g in groups[half:] for r in g]

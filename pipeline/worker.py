@@ -42,6 +42,7 @@ from pipeline.hostlimit import TableHandle
 from pipeline.hostlimit import install as install_host_table
 from pipeline.memory import limit_arenas, trim_now_and_then
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
+from pipeline.schedule import by_source as group_by_source
 from pipeline.store import Store, open_store
 
 # aiohttp, Pillow and numpy are imported by the functions that run in the worker, not here:
@@ -76,6 +77,9 @@ _admissions: dict[tuple[int, int, bool], Admission] = {}
 # reconnected to every host (8,192 connects for 16,000 URLs in bench's W1; connect +
 # SSL-context set-up were ~6% of the worker's CPU in the profile).
 _sessions: dict[FetchOptions, object] = {}
+# One store per process and OUT, kept from batch to batch: it remembers the folders it made
+# (a mkdir saved per file), and an fsspec store would otherwise build a filesystem per batch.
+_stores: dict[tuple[Path | str, str | None], Store] = {}
 
 
 @dataclass(slots=True)
@@ -84,8 +88,6 @@ class Finished:
     since its last answer (any batch, any order), and what they cost."""
 
     items: list[ItemResult] = field(default_factory=list)
-    fetched: int = 0  # downloads or file reads made (a repeated source within a batch: once)
-    bytes_downloaded: int = 0
     worker_pid: int = 0
 
 
@@ -123,7 +125,8 @@ def run_shard(batch: Shard, config: RunConfig) -> ShardReport:
     done = Finished(worker_pid=os.getpid())
     _row_loop().submit(batch, config, done).result()
     report = ShardReport(batch.shard_id, sorted(done.items, key=lambda item: item.row))
-    report.fetched, report.bytes_downloaded = done.fetched, done.bytes_downloaded
+    report.fetched = sum(item.attempts > 0 for item in report.items)
+    report.bytes_downloaded = sum(item.image.bytes for item in report.items if item.image)
     report.elapsed_s = time.perf_counter() - started
     report.worker_pid = done.worker_pid
     return report
@@ -169,7 +172,7 @@ class _RowLoop:
 
     def submit(self, batch: Shard, config: RunConfig, into: Finished | None) -> concurrent.futures.Future[None]:
         """Run ``batch`` on the loop; its rows go to ``into``, or (None) to the next answer."""
-        store = open_store(config.out, partition=config.partition)
+        store = _store(config)
         by_source = _by_source(batch)
         invalid = [_item(row, None) for row in batch.rows if row.invalid is not None]
         with self._changed:
@@ -179,7 +182,7 @@ class _RowLoop:
                 self._done.items.extend(invalid)
             else:
                 into.items.extend(invalid)
-        hooks = _Hooks(self._started, self._finished if into is None else functools.partial(_collect, into))
+        hooks = _Hooks(self._started, self._finished if into is None else into.items.extend)
         future = asyncio.run_coroutine_threadsafe(_run(by_source, config, store, hooks), self.loop)
         if into is None:
             future.add_done_callback(self._batch_ended)
@@ -228,10 +231,10 @@ class _RowLoop:
             if self._waiting <= LOW_WATER_ROWS[1]:
                 self._changed.notify_all()
 
-    def _finished(self, items: list[ItemResult], fetched: FetchResult | None, image: ImageInfo | None) -> None:
+    def _finished(self, items: list[ItemResult]) -> None:
         with self._changed:
             self._running -= 1
-            _collect(self._done, items, fetched, image)
+            self._done.items.extend(items)
             self._changed.notify_all()
 
     def _batch_ended(self, future: concurrent.futures.Future[None]) -> None:
@@ -253,18 +256,12 @@ class _RowLoop:
         self.loop.close()
 
 
-def _collect(into: Finished, items: list[ItemResult], fetched: FetchResult | None, image: ImageInfo | None) -> None:
-    into.items.extend(items)
-    into.fetched += fetched is not None
-    into.bytes_downloaded += image.bytes if image is not None else 0
-
-
 @dataclass(frozen=True, slots=True)
 class _Hooks:
     """How ``_run`` tells its process about progress (called on the loop thread)."""
 
     started: Callable[[], None]  # a source's download starts
-    finished: Callable[[list[ItemResult], FetchResult | None, ImageInfo | None], None]
+    finished: Callable[[list[ItemResult]], None]  # a source's rows end
 
 
 _the_loop: _RowLoop | None = None
@@ -286,6 +283,14 @@ def _close_row_loop() -> None:
         loop, _the_loop = _the_loop, None
     if loop is not None:
         loop.close()
+
+
+def _store(config: RunConfig) -> Store:
+    key = (config.out, config.partition)
+    store = _stores.get(key)
+    if store is None:
+        store = _stores[key] = open_store(config.out, partition=config.partition)
+    return store
 
 
 def _session(options: FetchOptions) -> object:
@@ -326,11 +331,7 @@ def _admission(config: RunConfig, local: bool) -> Admission:
 def _by_source(batch: Shard) -> dict[str, list[ManifestRow]]:
     # A repeated URL is fetched once per batch; every row naming it gets the same outcome
     # (the parent keeps a shard's rows of one source in one batch: schedule.py).
-    by_source: dict[str, list[ManifestRow]] = {}
-    for row in batch.rows:
-        if row.invalid is None:
-            by_source.setdefault(row.source, []).append(row)
-    return by_source
+    return group_by_source(row for row in batch.rows if row.invalid is None)
 
 
 @dataclass(slots=True)
@@ -350,7 +351,7 @@ async def _run(by_source: dict[str, list[ManifestRow]], config: RunConfig, store
     except Exception as exc:  # noqa: BLE001 - a bug setting up: every row says so, none is lost
         for rows in by_source.values():
             hooks.started()
-            hooks.finished(failed_items(rows, f"{type(exc).__name__}: {exc} ({_where(exc)})"), None, None)
+            hooks.finished(failed_items(rows, f"{type(exc).__name__}: {exc} ({_where(exc)})"))
         return
     tasks = [
         asyncio.ensure_future(_row(source, rows, hooks, session=session, config=config, store=store, pool=pool))
@@ -384,9 +385,9 @@ async def _row(
         raise  # run-fatal (OUT unwritable): the parent stops the run
     except Exception as exc:  # noqa: BLE001 - a bug on one row must not take its batch down
         message = f"{type(exc).__name__}: {exc} ({_where(exc)})"
-        hooks.finished(failed_items(rows, message), None, None)
+        hooks.finished(failed_items(rows, message))
         return
-    hooks.finished([_item(row, outcome) for row in rows], outcome.fetch, outcome.image)
+    hooks.finished([_item(row, outcome) for row in rows])
 
 
 def _is_local(source: str) -> bool:
