@@ -623,6 +623,43 @@ def test_a_junk_status_line_is_connect_with_a_short_message():
     assert result.error_message == "malformed HTTP response: Bad status line"
 
 
+@pytest.mark.parametrize(
+    ("junk", "reason"),
+    [
+        (b"HTTP/1.1 2x0 OK\r\n\r\n", "Bad status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nno colon here\r\n\r\nabc", None),
+    ],
+)
+def test_a_malformed_response_is_retried_as_transient(junk: bytes, reason: str | None):
+    """A proxy or server hiccup that garbles one response is not the URL's fault."""
+    served = [0]
+
+    async def junk_then_image(reader, writer):
+        await read_request(reader)
+        served[0] += 1
+        writer.write(junk if served[0] == 1 else b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(PNG), PNG))
+        await writer.drain()
+
+    result = fetch_raw(junk_then_image, replace(FAST, retries=1))
+    assert result.error_class is None and result.body == PNG, result
+    assert result.attempts == 2
+    failed = fetch_raw(send_junk(junk), replace(FAST, retries=1))
+    assert_failed(failed, ErrorClass.CONNECT)
+    assert failed.attempts == 2
+    assert failed.error_message.startswith("malformed HTTP response: ")
+    if reason is not None:
+        assert failed.error_message == f"malformed HTTP response: {reason}"
+
+
+def send_junk(junk: bytes) -> RawHandler:
+    async def handler(reader, writer):
+        await read_request(reader)
+        writer.write(junk)
+        await writer.drain()
+
+    return handler
+
+
 def test_server_closing_without_response_is_connect():
     async def hang_up(reader, writer):
         await read_request(reader)

@@ -1,0 +1,107 @@
+"""The row loop's books after a batch raises, and out-of-memory decodes, in real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import jpeg
+from rawserver import RawServer, Request, response
+
+from pipeline.config import FetchOptions, RunConfig
+from pipeline.errors import StorageError
+from pipeline.models import ManifestRow, Shard
+from pipeline.worker import collect_rows, feed_rows, init_worker, run_shard
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spawned workers, /sys, RLIMIT_AS"),
+]
+JPEG = jpeg(64, 48, seed=5)
+HOLD_S = 8.0  # a bound on how long the feed may take (under --read-timeout), not a measure
+UNWRITABLE = "/sys/pipeline-test-unwritable"  # sysfs: mkdir fails with EPERM, even for root
+
+
+def _rows(first: int, urls: list[str]) -> tuple[ManifestRow, ...]:
+    return tuple(ManifestRow(first + i, first + i + 1, str(first + i), u, u) for i, u in enumerate(urls))
+
+
+def test_a_batch_that_raises_leaves_the_process_overlapping_batches(tmp_path: Path) -> None:
+    """A batch whose first row meets a StorageError ends with its other rows never started.
+    The next batch fed to that process must still come back while one of its downloads is
+    in flight (the process asks for more work), not only once all its rows have ended."""
+    if Path(UNWRITABLE).exists():
+        pytest.skip(f"{UNWRITABLE} exists")
+    release = threading.Event()
+
+    async def image(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(200, JPEG, headers={"Content-Type": "image/jpeg"}))
+
+    async def held(request: Request, writer: asyncio.StreamWriter) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 3 * HOLD_S)
+        writer.write(response(200, JPEG, headers={"Content-Type": "image/jpeg"}))
+
+    fetch = FetchOptions(concurrency=1, allow_private=True)  # rows start one by one
+    with RawServer({"/img": image, "/held": held}) as srv, ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+    ) as pool:
+        doomed = Shard(0, _rows(0, [f"{srv.url('/img')}?n={i}" for i in range(100)]))
+        with pytest.raises(StorageError):
+            pool.submit(run_shard, doomed, RunConfig(out=UNWRITABLE, procs=1, fetch=fetch)).result(timeout=60)
+        good = RunConfig(out=tmp_path / "out", procs=1, fetch=FetchOptions(allow_private=True))
+        batch = Shard(1, _rows(100, [srv.url("/held"), f"{srv.url('/img')}?n=a", f"{srv.url('/img')}?n=b"]))
+        fed = pool.submit(feed_rows, batch, good)
+        try:
+            first = fed.result(timeout=HOLD_S)  # before /held answers: the process wants more rows
+            answered_early = not release.is_set()
+        finally:
+            release.set()
+        rows = {item.row: item for item in first.items}
+        while len(rows) < 3:
+            rows.update((item.row, item) for item in pool.submit(collect_rows).result(timeout=60).items)
+    assert answered_early
+    assert 100 not in {item.row for item in first.items}, first  # the held row was still in flight
+    assert {row: item.status.value for row, item in rows.items()} == {100: "ok", 101: "ok", 102: "ok"}
+
+
+_OUT_OF_MEMORY = r"""
+import json, resource, struct, sys, zlib
+from pathlib import Path
+from pipeline.config import ProcessOptions
+from pipeline.store import Store
+from pipeline.worker import _process
+import numpy, PIL.Image, pipeline.process  # imported before the cap: only the decode may fail
+
+side = 9000  # RGB: 243 MB of pixels, under --max-pixels (89 M), over the address space left
+chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+z = zlib.compressobj(9)
+row = b"\x00" * (1 + 3 * side)
+idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+       + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+size = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + 96 * 2**20, resource.RLIM_INFINITY))
+image, error_class, message = _process(png, ProcessOptions(), Store(Path(sys.argv[1])))
+print(json.dumps([error_class and error_class.value, message]))
+"""
+
+
+def test_running_out_of_memory_while_decoding_is_internal(tmp_path: Path) -> None:
+    """A real MemoryError (the process's address space capped below what the decode needs)
+    is our limit, not the image's: ``internal`` with the message, not ``too_many_pixels``."""
+    done = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_MEMORY, str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=100, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    error_class, message = json.loads(done.stdout.strip().splitlines()[-1])
+    assert error_class == "internal"
+    assert message.startswith("MemoryError: ") and "out of memory" in message
