@@ -69,6 +69,11 @@ class Admission:
         self.max_backlog_bytes = max_backlog_bytes
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def waiting(self) -> int:
+        """Downloads parked until there is room (one that is woken leaves the count at once)."""
+        return len(self._waiters)
+
     def _room(self) -> bool:
         return (
             self.in_flight < self.cap
@@ -88,6 +93,22 @@ class Admission:
                 self._wake()  # pass on a wake-up this task can no longer use
                 raise
         self.in_flight += 1
+
+    async def sleep_outside(self, seconds: float) -> None:
+        """Sleep without holding a download slot, then take one again (waiting in line).
+
+        For a download that waits between attempts (backoff, ``Retry-After``, a host's
+        cool-down): it must not keep a slot other hosts' rows could use meanwhile (issue 11:
+        one host answering 429 to many rows held every slot of the worker).
+        """
+        self.in_flight -= 1
+        self._wake()
+        try:
+            await asyncio.sleep(seconds)
+            await self.start_download()
+        except BaseException:
+            self.in_flight += 1  # still counted as in flight: the caller's download_done ends it
+            raise
 
     def download_done(self, *, has_body: bool, seconds: float | None = None, size: int = 0) -> None:
         if seconds is not None and has_body:  # failures (timeouts...) say nothing of arrivals

@@ -54,6 +54,9 @@ class FetchOptions:
     backoff_max: float = 20.0
     max_retry_after: float = 60.0  # a server's Retry-After is clamped to this
     max_bytes: int = 50 * 1024 * 1024
+    # Bytes of bodies being downloaded in one process, at most (one body alone may exceed
+    # it): up to `concurrency` partial bodies of up to `max_bytes` were 12.8 GB (issue 11).
+    body_budget: int = 512 * 1024 * 1024
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT
     respect_opt_out: bool = True
@@ -78,6 +81,7 @@ class FetchOptions:
         _require(self.backoff_base >= 0 and self.backoff_max >= 0, "backoff must be >= 0")
         _require(self.max_retry_after >= 0, "--max-retry-after must be 0 or more")
         _require(self.max_bytes >= 1, "--max-bytes must be at least 1")
+        _require(self.body_budget >= 1, "--body-budget must be at least 1")
         _require(self.max_redirects >= 0, "--max-redirects must be 0 or more")
         _require(bool(self.user_agent.strip()), "--user-agent must not be empty")
 

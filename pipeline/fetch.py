@@ -25,7 +25,16 @@ Guards that hold for every hop of a redirect chain, not just the manifest's URL:
 * TLS is verified except for hosts named in ``--insecure-host``; a redirect from such a host
   to another host is refused rather than followed unverified.
 * Host cool-down: a 429/503 with Retry-After holds every URL of that host in this session
-  (clamped by ``--max-retry-after``), not just the one that was told to wait.
+  (clamped by ``--max-retry-after``), not just the one that was told to wait. It is kept
+  under the host that answered, and looked up for every hop before it is requested, so a
+  redirect to a CDN that is cooling down waits too (``_CoolingDown``).
+* Waiting is not working: retry backoff and cool-downs sleep through ``sleep``, which the
+  worker gives a function that lets go of the row's download slot meanwhile; the host slot
+  is held per attempt only, never across a sleep.
+* Bodies being read in a process hold at most ``--body-budget`` bytes (``_BodyBudget``),
+  besides aiohttp's read buffer (~128 KB per connection). A body waits for its bytes with
+  its connection open (aiohttp stops reading from the socket, and its read timeout, once
+  its buffer is full), off the attempt's clock, like a wait for a host slot.
 * Per-host limits for the whole machine: where the executor installed the shared host table
   (``pipeline.hostlimit``), every hop holds a slot of its host from its start until the
   body is read or the attempt fails, so ``--per-host`` and ``--per-host-rate`` count the
@@ -42,9 +51,10 @@ import random
 import socket
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from http import HTTPStatus
 from types import SimpleNamespace
 
@@ -65,6 +75,10 @@ OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 # is not a user-agent prefix (https://developers.google.com/search/docs/crawling-indexing/robots-meta-tag).
 _VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 _RETRY_STATUSES = frozenset({408, 429})
+# A hop waits for its host's cool-down only if more than this is left: a retry that slept
+# for the whole Retry-After may wake a hair early (the loop runs timers within its clock
+# resolution), and must not be sent back for a millisecond.
+_COOL_DOWN_SLACK_S = 0.05
 _RNG = random.Random()
 
 Sleep = Callable[[float], Awaitable[object]]
@@ -106,6 +120,7 @@ def make_session(options: FetchOptions) -> aiohttp.ClientSession:
         trace_configs=[_trace_config(hosts=gate is not None)],
     )
     _COOLDOWNS[session] = _Cooldowns()
+    _BUDGETS[session] = _BodyBudget(options.body_budget)
     if gate is not None:
         _GATES[session] = gate
     return session
@@ -157,6 +172,13 @@ def _trace_config(*, hosts: bool) -> aiohttp.TraceConfig:
         if ref.insecure_hosts and target.scheme == "https" and host not in ref.insecure_hosts:
             raise _RedirectRefused(f"redirect from an --insecure-host to {target.host}, which is verified")
         next_hop = "Location" in params.response.headers and target.scheme in ("http", "https")
+        if next_hop and ref.cooldowns is not None:
+            left = ref.cooldowns.remaining(str(target))
+            if left > _COOL_DOWN_SLACK_S:
+                # Nothing is asked of a host that asked us to wait: this attempt ends here,
+                # and fetch_url waits (without a download slot) before it tries again.
+                params.response.release()
+                raise _CoolingDown(target.host or "", left)
         if ref.hold is not None and next_hop:
             # The next hop is a new request to (maybe) another host: it counts there. Give
             # the connection back first (aiohttp would, right after this hook), so that no
@@ -182,6 +204,7 @@ class _DeadlineRef:
     progress: _Progress
     insecure_hosts: tuple[str, ...] = ()  # set only when this request skips TLS verification
     hold: hostlimit.Hold | None = None  # the host slot of this attempt, with a host table
+    cooldowns: _Cooldowns | None = None  # checked for each redirect hop's host
 
 
 async def _hold_host(ref: _DeadlineRef, url: URL) -> None:
@@ -190,13 +213,18 @@ async def _hold_host(ref: _DeadlineRef, url: URL) -> None:
     host, port = url.raw_host, url.port
     if ref.hold.try_take(host, port):  # the common case: no wait, deadline untouched
         return
-    deadline = ref.deadline
+    await _off_the_clock(ref.deadline, ref.hold.take(host, port))
+
+
+async def _off_the_clock(deadline: asyncio.Timeout, waiting: Awaitable[object]) -> None:
+    """Await ``waiting`` with the attempt's deadline stopped: waiting for a host slot or
+    for body budget is this process's doing, not the server's."""
     loop = asyncio.get_running_loop()
     when = deadline.when()
     left = None if when is None else when - loop.time()
     deadline.reschedule(None)
     try:
-        await ref.hold.take(host, port)
+        await waiting
     finally:
         if left is not None and not deadline.expired():
             deadline.reschedule(loop.time() + left)
@@ -209,6 +237,15 @@ def _deadline_of(ctx: SimpleNamespace) -> asyncio.Timeout | None:
 
 class _RedirectRefused(Exception):
     """Raised from the redirect hook; becomes a ``redirect`` failure."""
+
+
+class _CoolingDown(Exception):
+    """Raised from the redirect hook when the next hop's host is cooling down."""
+
+    def __init__(self, host: str, seconds: float) -> None:
+        super().__init__(host, seconds)
+        self.host = host
+        self.seconds = seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +347,92 @@ class _Cooldowns:
 
 
 _COOLDOWNS: weakref.WeakKeyDictionary[aiohttp.ClientSession, _Cooldowns] = weakref.WeakKeyDictionary()
+
+
+# ---------------------------------------------------------------------------------------------
+# Body budget
+
+
+class _BodyBudget:
+    """Bytes of the bodies being read through one session (one per process), at most ``limit``.
+
+    A body takes its bytes before it keeps them: an announced length all at once, else chunk
+    by chunk as they arrive. Waiters are served in order, and the body that has held bytes
+    longest never waits, so bodies that each hold part of the budget cannot wait for each
+    other forever, and a body larger than the whole budget comes in when it is alone. So at
+    most ``limit`` plus one body (``--max-bytes``) are held. Loop thread only.
+    """
+
+    __slots__ = ("_holders", "_queue", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._holders: dict[_Lease, None] = {}  # leases holding bytes, oldest first
+        self._queue: deque[_Lease] = deque()  # leases waiting, first come first served
+
+    def lease(self) -> _Lease:
+        return _Lease(self)
+
+    def _may(self, lease: _Lease, n: int, *, first: bool) -> bool:
+        if next(iter(self._holders), None) is lease:
+            return True  # the oldest holder: it must finish for anyone else to go on
+        return first and (self.used + n <= self.limit or not self._holders)
+
+    def _grant(self, lease: _Lease, n: int) -> None:
+        self.used += n
+        lease.held += n
+        self._holders.setdefault(lease)
+
+    def _wake_all(self) -> None:
+        for lease in self._queue:
+            if lease.woken is not None and not lease.woken.done():
+                lease.woken.set_result(None)
+
+
+class _Lease:
+    """One body's share of a ``_BodyBudget``; ``close`` gives it all back."""
+
+    __slots__ = ("_budget", "held", "woken")
+
+    def __init__(self, budget: _BodyBudget) -> None:
+        self._budget = budget
+        self.held = 0
+        self.woken: asyncio.Future[None] | None = None
+
+    def try_take(self, n: int) -> bool:
+        budget = self._budget
+        if n > 0 and not budget._may(self, n, first=not budget._queue):
+            return False
+        if n > 0:
+            budget._grant(self, n)
+        return True
+
+    async def take(self, n: int) -> None:
+        budget = self._budget
+        budget._queue.append(self)
+        try:
+            while True:
+                self.woken = asyncio.get_running_loop().create_future()
+                await self.woken
+                if budget._may(self, n, first=budget._queue[0] is self):
+                    break
+            budget._grant(self, n)
+        finally:
+            self.woken = None
+            budget._queue.remove(self)
+            budget._wake_all()  # the next in line may fit too (or this one gave up)
+
+    def close(self) -> None:
+        budget = self._budget
+        if self.held:
+            budget.used -= self.held
+            self.held = 0
+            budget._holders.pop(self, None)
+            budget._wake_all()
+
+
+_BUDGETS: weakref.WeakKeyDictionary[aiohttp.ClientSession, _BodyBudget] = weakref.WeakKeyDictionary()
 # The host table's gate a session's requests go through, when there is one (make_session).
 _GATES: weakref.WeakKeyDictionary[aiohttp.ClientSession, hostlimit.HostGate] = weakref.WeakKeyDictionary()
 
@@ -345,6 +468,7 @@ class _Outcome:
     error_message: str | None = None
     retry: bool = False
     retry_after: float | None = None
+    deferred: bool = False  # nothing asked of a host cooling down; wait `retry_after`, go again
 
 
 async def fetch_url(
@@ -355,25 +479,37 @@ async def fetch_url(
     rng: random.Random | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> FetchResult:
-    """Fetch one URL, retrying transient failures. Never raises for a per-item failure."""
+    """Fetch one URL, retrying transient failures. Never raises for a per-item failure.
+
+    Every wait (backoff, Retry-After, a host's cool-down) goes through ``sleep``: the worker
+    passes one that gives the row's download slot back while it sleeps.
+    """
     rng = rng or _RNG
     started = time.perf_counter()
     cooldowns = _COOLDOWNS.get(session)
-    attempts = timeouts = 0
+    attempts = timeouts = deferrals = 0
     delay = 0.0
     while True:
         # One wait per attempt: the backoff, or longer if the host is cooling down.
         wait = max(delay, cooldowns.remaining(url) if cooldowns is not None else 0.0)
         if wait > 0:
             await sleep(wait)
+        # A hop to a host cooling down is put off, not counted as an attempt (nothing was asked
+        # of that host), at most retries + 1 times: a host whose cool-down other URLs keep
+        # renewing is then asked anyway, once per attempt, as the first hop's host would be.
+        hop_cooldowns = cooldowns if deferrals <= options.retries else None
         try:
-            outcome = await _attempt(session, url, options)
+            outcome = await _attempt(session, url, options, hop_cooldowns)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: still data, never a crashed shard
             outcome = _Outcome(
                 _Progress(final_url=url),
                 error_class=ErrorClass.INTERNAL,
                 error_message=f"unexpected {type(exc).__name__}: {_short(exc)}",
             )
+        if outcome.deferred:
+            deferrals += 1
+            delay = outcome.retry_after or 0.0
+            continue
         attempts += 1
         timeouts += outcome.error_class is ErrorClass.TIMEOUT
         if outcome.retry_after is not None and cooldowns is not None:
@@ -410,7 +546,9 @@ def retry_delay(
     return delay
 
 
-async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptions) -> _Outcome:
+async def _attempt(
+    session: aiohttp.ClientSession, url: str, options: FetchOptions, cooldowns: _Cooldowns | None = None
+) -> _Outcome:
     progress = _Progress(final_url=url)
     deadline = asyncio.timeout(options.timeout)
     insecure = bool(options.insecure_hosts) and _host_of(url) in options.insecure_hosts
@@ -428,11 +566,11 @@ async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptio
                 max_redirects=options.max_redirects + 1,
                 ssl=not insecure,
                 trace_request_ctx=_DeadlineRef(
-                    deadline, options.timeout, progress, options.insecure_hosts if insecure else (), hold
+                    deadline, options.timeout, progress, options.insecure_hosts if insecure else (), hold, cooldowns
                 ),
             ) as resp,
         ):
-            return await _read_response(resp, options, progress)
+            return await _read_response(resp, options, progress, deadline, _BUDGETS.get(session))
     except Exception as exc:  # noqa: BLE001 - every per-item failure becomes data at the stage edge
         return _classify(exc, progress, options, deadline_hit=deadline.expired())
     finally:
@@ -441,7 +579,11 @@ async def _attempt(session: aiohttp.ClientSession, url: str, options: FetchOptio
 
 
 async def _read_response(
-    resp: aiohttp.ClientResponse, options: FetchOptions, progress: _Progress
+    resp: aiohttp.ClientResponse,
+    options: FetchOptions,
+    progress: _Progress,
+    deadline: asyncio.Timeout,
+    budget: _BodyBudget | None,
 ) -> _Outcome:
     progress.saw(resp)
     status = resp.status
@@ -465,13 +607,23 @@ async def _read_response(
     content = resp.content
     chunks: list[bytes] = []
     total = 0
-    while chunk := await content.readany():
-        total += len(chunk)
-        if total > options.max_bytes:
-            resp.close()
-            return _too_large(progress, options, f"stopped after {total} bytes")
-        chunks.append(chunk)
-    return _Outcome(progress, body=b"".join(chunks))
+    lease = (budget or _BodyBudget(2**62)).lease()
+    try:
+        # An announced body takes all its bytes before the first read (it never holds part
+        # of the budget while waiting for the rest); an unannounced one, each chunk it reads.
+        if length is not None and not lease.try_take(length):
+            await _off_the_clock(deadline, lease.take(length))
+        while chunk := await content.readany():
+            total += len(chunk)
+            if total > options.max_bytes:
+                resp.close()
+                return _too_large(progress, options, f"stopped after {total} bytes")
+            if length is None and not lease.try_take(len(chunk)):
+                await _off_the_clock(deadline, lease.take(len(chunk)))
+            chunks.append(chunk)
+        return _Outcome(progress, body=b"".join(chunks))
+    finally:
+        lease.close()
 
 
 def _status_outcome(resp: aiohttp.ClientResponse, progress: _Progress) -> _Outcome:
@@ -520,6 +672,8 @@ def _classify(exc: Exception, progress: _Progress, options: FetchOptions, *, dea
         return fail(ErrorClass.BLOCKED, blocked.strerror or str(blocked))
     if isinstance(exc, _RedirectRefused):
         return fail(ErrorClass.REDIRECT, str(exc))
+    if isinstance(exc, _CoolingDown):
+        return _Outcome(progress, retry=True, retry_after=exc.seconds, deferred=True)
     if isinstance(exc, aiohttp.TooManyRedirects):
         if exc.history:
             progress.final_url = str(exc.history[-1].url)
@@ -559,8 +713,10 @@ def _classify(exc: Exception, progress: _Progress, options: FetchOptions, *, dea
     if isinstance(exc, aiohttp.ClientResponseError):  # aiohttp could not parse the response
         # The parser's message goes on to quote the server's bytes (50 KB of a junk status
         # line, 400 KB of data after `Connection: close`): its first line is enough.
+        # Retried like a connection error: a garbled response is mostly a proxy or an
+        # overloaded server having a bad moment, not a property of the URL (issue 11).
         reason = str(exc.message).split("\n", 1)[0].rstrip(": ")
-        return fail(ErrorClass.CONNECT, f"malformed HTTP response: {_short(reason)}")
+        return fail(ErrorClass.CONNECT, f"malformed HTTP response: {_short(reason)}", retry=True)
     return fail(ErrorClass.INTERNAL, f"unexpected {type(exc).__name__}: {exc}")
 
 
@@ -584,7 +740,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # "-0000" parses as naive; an HTTP-date is always GMT
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 

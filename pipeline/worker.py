@@ -182,10 +182,13 @@ class _RowLoop:
                 self._done.items.extend(invalid)
             else:
                 into.items.extend(invalid)
-        hooks = _Hooks(self._started, self._finished if into is None else into.items.extend)
+        count = _BatchCount(len(by_source), into is None)
+        hooks = _Hooks(
+            functools.partial(self._started, count),
+            functools.partial(self._finished, count) if into is None else into.items.extend,
+        )
         future = asyncio.run_coroutine_threadsafe(_run(by_source, config, store, hooks), self.loop)
-        if into is None:
-            future.add_done_callback(self._batch_ended)
+        future.add_done_callback(functools.partial(self._batch_ended, count))
         return future
 
     def take(
@@ -224,25 +227,34 @@ class _RowLoop:
         rate = (len(self._starts) - 1) / (self._starts[-1] - self._starts[0])
         return max(low, min(high, round(rate * LOW_WATER_S)))
 
-    def _started(self) -> None:
+    def _started(self, count: _BatchCount) -> None:
         with self._changed:
+            count.started += 1
             self._waiting -= 1
             self._starts.append(time.monotonic())
             if self._waiting <= LOW_WATER_ROWS[1]:
                 self._changed.notify_all()
 
-    def _finished(self, items: list[ItemResult]) -> None:
+    def _finished(self, count: _BatchCount, items: list[ItemResult]) -> None:
         with self._changed:
+            count.finished += 1
             self._running -= 1
             self._done.items.extend(items)
             self._changed.notify_all()
 
-    def _batch_ended(self, future: concurrent.futures.Future[None]) -> None:
+    def _batch_ended(self, count: _BatchCount, future: concurrent.futures.Future[None]) -> None:
         exc = None if future.cancelled() else future.exception()
-        if isinstance(exc, PipelineError):
-            with self._changed:
+        with self._changed:
+            # A batch that raised (run-fatal error, cancelled) leaves rows that never started
+            # or ended: they are no longer this process's to wait for. Left counted, the
+            # process never again asked for work before all its rows ended (issue 11).
+            self._waiting -= count.sources - count.started
+            if count.fed:
+                self._running -= count.sources - count.finished
+            count.started = count.finished = count.sources
+            if isinstance(exc, PipelineError) and count.fed:
                 self._fatal = exc
-                self._changed.notify_all()
+            self._changed.notify_all()
 
     def close(self) -> None:
         """Close the sessions inside their loop (else aiohttp warns about them at exit)."""
@@ -254,6 +266,16 @@ class _RowLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         self.loop.close()
+
+
+@dataclass(slots=True)
+class _BatchCount:
+    """How many of one batch's sources started and ended (under ``_RowLoop._changed``)."""
+
+    sources: int
+    fed: bool
+    started: int = 0
+    finished: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,16 +432,29 @@ async def _one(
     on_started()
     body = None
     started = time.perf_counter()
+    slept = 0.0
+
+    async def sleep(seconds: float) -> None:
+        # Backoff and Retry-After waits give the download slot back meanwhile (issue 11), and
+        # are not download time: admission sizes the CPU backlog by how long bodies take.
+        nonlocal slept
+        since = time.perf_counter()
+        try:
+            await limit.sleep_outside(seconds)
+        finally:
+            slept += time.perf_counter() - since
+
     try:
         if _is_local(source):
             fetched = await asyncio.to_thread(_read_local, source, config.fetch.max_bytes)
         else:
             from pipeline.fetch import fetch_url
 
-            fetched = await fetch_url(session, source, config.fetch)  # type: ignore[arg-type]
+            fetched = await fetch_url(session, source, config.fetch, sleep=sleep)  # type: ignore[arg-type]
         body = fetched.body
     finally:
-        limit.download_done(has_body=body is not None, seconds=time.perf_counter() - started, size=len(body or b""))
+        seconds = time.perf_counter() - started - slept
+        limit.download_done(has_body=body is not None, seconds=seconds, size=len(body or b""))
     fetched = _without_body(fetched)
     cpu_s: float | None = None
     try:
@@ -461,8 +496,11 @@ def _process(
         return None, exc.error_class, exc.message
     except StorageError:
         raise  # OUT is unwritable: fatal for the run, not for this item
-    except MemoryError:
-        return None, ErrorClass.TOO_MANY_PIXELS, "out of memory while decoding"
+    except MemoryError as exc:
+        # This process ran out, not the image's fault (--max-pixels is checked from the header
+        # before decoding): a bug-like failure, worth a retry with --retry-failed.
+        detail = f": {exc}" if str(exc) else ""
+        return None, ErrorClass.INTERNAL, f"MemoryError: out of memory while processing the image{detail} ({_where(exc)})"
     except Exception as exc:  # noqa: BLE001 - one bad image must not take its batch down
         return None, ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc} ({_where(exc)})"
 
