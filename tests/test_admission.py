@@ -11,10 +11,19 @@ from pipeline.admission import Admission
 pytestmark = pytest.mark.timeout(30)
 
 
+async def _parked(a: Admission, task: asyncio.Task[None], waiting: int) -> bool:
+    """Whether ``task`` is held back: it ran until it parked as a waiter (``a.waiting`` has
+    reached ``waiting``), or it finished, i.e. was not held back."""
+    while not task.done() and a.waiting < waiting:
+        await asyncio.sleep(0)  # let the task run to its first wait, however many turns it takes
+    return not task.done()
+
+
 async def _started(task: asyncio.Task[None]) -> bool:
-    for _ in range(5):  # a few loop turns: enough for a woken waiter to run
-        await asyncio.sleep(0)
-    return task.done()
+    """Whether ``task`` (woken, or never held back) took its download; awaits it (the bound
+    only turns a regression into a failure instead of a hang)."""
+    await asyncio.wait_for(task, 10)
+    return True
 
 
 def test_no_download_starts_while_the_cpu_backlog_is_full() -> None:
@@ -25,7 +34,7 @@ def test_no_download_starts_while_the_cpu_backlog_is_full() -> None:
             a.download_done(has_body=True)
         assert (a.in_flight, a.backlog) == (0, 2)
         blocked = asyncio.create_task(a.start_download())
-        assert not await _started(blocked)
+        assert await _parked(a, blocked, 1)
         a.processed()
         assert await _started(blocked)
         assert (a.in_flight, a.backlog) == (1, 1)
@@ -50,7 +59,7 @@ def test_cap_grows_only_while_it_binds_and_never_past_the_ceiling() -> None:
         for _ in range(2):
             await a.start_download()
         third = asyncio.create_task(a.start_download())
-        assert not await _started(third)  # the cap (2) binds
+        assert await _parked(a, third, 1)  # the cap (2) binds
         a.download_done(has_body=False)  # completed while at the cap: 2 -> 3
         assert a.cap == 3 and await _started(third)
         while a.in_flight:
@@ -74,11 +83,27 @@ def test_a_cancelled_waiter_passes_its_turn_on() -> None:
         a = Admission(ceiling=1, backlog_limit=10, start=1)
         await a.start_download()
         first = asyncio.create_task(a.start_download())
+        assert await _parked(a, first, 1)
         second = asyncio.create_task(a.start_download())
-        assert not await _started(first) and not await _started(second)
+        assert await _parked(a, second, 2)
         a.download_done(has_body=False)  # wakes `first`...
         first.cancel()  # ...which is cancelled before it runs
         assert await _started(second)
+        assert a.in_flight == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_download_sleeping_between_attempts_leaves_its_slot_to_another() -> None:
+    async def scenario() -> None:
+        a = Admission(ceiling=1, backlog_limit=10, start=1)
+        await a.start_download()
+        sleeper = asyncio.create_task(a.sleep_outside(0.0))  # e.g. a Retry-After wait
+        other = asyncio.create_task(a.start_download())
+        assert await _started(other)  # took the slot while the first one slept
+        assert await _parked(a, sleeper, 1)  # ...which now waits in line to go on
+        a.download_done(has_body=False)
+        assert await _started(sleeper)
         assert a.in_flight == 1
 
     asyncio.run(scenario())
@@ -139,8 +164,7 @@ def test_bodies_waiting_for_the_cpu_are_bounded_in_bytes_too() -> None:
             await limit.start_download()
             limit.download_done(has_body=True, seconds=0.1, size=8 * 2**20)
         blocked = asyncio.ensure_future(limit.start_download())
-        await asyncio.sleep(0)
-        was_blocked = not blocked.done()
+        was_blocked = await _parked(limit, blocked, 1)
         limit.processed(0.01, 8 * 2**20)  # one body leaves the CPU stage: room again
         await asyncio.wait_for(blocked, 1)
         return was_blocked, limit.backlog_bytes
