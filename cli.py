@@ -155,7 +155,7 @@ def main() -> None:
 @click.option("--timeout-retries", type=int, default=_F.timeout_retries, show_default=True, help="...of which at most this many after a timeout (a silent server rarely answers later).")
 @click.option("--max-retry-after", type=float, default=_F.max_retry_after, show_default=True, help="Cap on a server's Retry-After, seconds.")
 @click.option("--max-bytes", type=int, default=_F.max_bytes, show_default=True, help="Largest body accepted.")
-@click.option("--body-budget", type=int, default=_F.body_budget, show_default=True, help="Bytes of bodies being downloaded per process, at most (one larger body may still come in alone).")
+@click.option("--body-budget", type=int, default=_F.body_budget, show_default=True, help="Bytes of bodies in memory per process, from download to processed (one larger body still comes in, alone).")
 @click.option("--max-redirects", type=int, default=_F.max_redirects, show_default=True, help="Redirect hops allowed.")
 @click.option("--user-agent", default=DEFAULT_USER_AGENT, show_default=True, help="User-Agent header.")
 @click.option("--ignore-opt-out", is_flag=True, help="Fetch even when X-Robots-Tag says noai/noimageai.")

@@ -54,8 +54,8 @@ class FetchOptions:
     backoff_max: float = 20.0
     max_retry_after: float = 60.0  # a server's Retry-After is clamped to this
     max_bytes: int = 50 * 1024 * 1024
-    # Bytes of bodies being downloaded in one process, at most (one body alone may exceed
-    # it): up to `concurrency` partial bodies of up to `max_bytes` were 12.8 GB (issue 11).
+    # Bytes of bodies in one process (first byte read to processed), at most; one body alone
+    # may exceed it. Without: `concurrency` partial bodies of `max_bytes`, 12.8 GB (issue 11).
     body_budget: int = 512 * 1024 * 1024
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT

@@ -31,10 +31,12 @@ Guards that hold for every hop of a redirect chain, not just the manifest's URL:
 * Waiting is not working: retry backoff and cool-downs sleep through ``sleep``, which the
   worker gives a function that lets go of the row's download slot meanwhile; the host slot
   is held per attempt only, never across a sleep.
-* Bodies being read in a process hold at most ``--body-budget`` bytes (``_BodyBudget``),
-  besides aiohttp's read buffer (~128 KB per connection). A body waits for its bytes with
-  its connection open (aiohttp stops reading from the socket, and its read timeout, once
-  its buffer is full), off the attempt's clock, like a wait for a host slot.
+* Bodies in a process hold at most ``--body-budget`` bytes (``_BodyBudget``), besides
+  aiohttp's read buffer (~128 KB per connection): from their first byte read until the
+  caller gives them back (``BodyLease.close``: the worker does once the CPU stage is done
+  with the body). A body waits for its bytes with its connection open (aiohttp stops
+  reading from the socket, and its read timeout, once its buffer is full), off the
+  attempt's clock, like a wait for a host slot.
 * Per-host limits for the whole machine: where the executor installed the shared host table
   (``pipeline.hostlimit``), every hop holds a slot of its host from its start until the
   body is read or the attempt fails, so ``--per-host`` and ``--per-host-rate`` count the
@@ -68,7 +70,15 @@ from pipeline.errors import ErrorClass
 from pipeline.models import FetchResult
 from pipeline.netguard import AddressPolicy
 
-__all__ = ["fetch_url", "make_session", "opted_out", "parse_retry_after", "retry_delay"]
+__all__ = [
+    "BodyLease",
+    "body_lease",
+    "fetch_url",
+    "make_session",
+    "opted_out",
+    "parse_retry_after",
+    "retry_delay",
+]
 
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 # X-Robots-Tag directives that carry their own "name: value"; the name before their colon
@@ -347,6 +357,8 @@ class _Cooldowns:
 
 
 _COOLDOWNS: weakref.WeakKeyDictionary[aiohttp.ClientSession, _Cooldowns] = weakref.WeakKeyDictionary()
+# The host table's gate a session's requests go through, when there is one (make_session).
+_GATES: weakref.WeakKeyDictionary[aiohttp.ClientSession, hostlimit.HostGate] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +366,8 @@ _COOLDOWNS: weakref.WeakKeyDictionary[aiohttp.ClientSession, _Cooldowns] = weakr
 
 
 class _BodyBudget:
-    """Bytes of the bodies being read through one session (one per process), at most ``limit``.
+    """Bytes of the bodies read through one session (one per process) and not yet given
+    back, at most ``limit``.
 
     A body takes its bytes before it keeps them: an announced length all at once, else chunk
     by chunk as they arrive. Waiters are served in order, and the body that has held bytes
@@ -368,18 +381,18 @@ class _BodyBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._holders: dict[_Lease, None] = {}  # leases holding bytes, oldest first
-        self._queue: deque[_Lease] = deque()  # leases waiting, first come first served
+        self._holders: dict[BodyLease, None] = {}  # leases holding bytes, oldest first
+        self._queue: deque[BodyLease] = deque()  # leases waiting, first come first served
 
-    def lease(self) -> _Lease:
-        return _Lease(self)
+    def lease(self) -> BodyLease:
+        return BodyLease(self)
 
-    def _may(self, lease: _Lease, n: int, *, first: bool) -> bool:
+    def _may(self, lease: BodyLease, n: int, *, first: bool) -> bool:
         if next(iter(self._holders), None) is lease:
             return True  # the oldest holder: it must finish for anyone else to go on
         return first and (self.used + n <= self.limit or not self._holders)
 
-    def _grant(self, lease: _Lease, n: int) -> None:
+    def _grant(self, lease: BodyLease, n: int) -> None:
         self.used += n
         lease.held += n
         self._holders.setdefault(lease)
@@ -390,8 +403,12 @@ class _BodyBudget:
                 lease.woken.set_result(None)
 
 
-class _Lease:
-    """One body's share of a ``_BodyBudget``; ``close`` gives it all back."""
+class BodyLease:
+    """One body's share of its session's budget (``body_lease``); ``close`` gives it all back.
+
+    Hand one to ``fetch_url`` to keep the body's bytes counted after it returns (until
+    ``close``); a failed attempt gives its bytes back at once.
+    """
 
     __slots__ = ("_budget", "held", "woken")
 
@@ -433,8 +450,15 @@ class _Lease:
 
 
 _BUDGETS: weakref.WeakKeyDictionary[aiohttp.ClientSession, _BodyBudget] = weakref.WeakKeyDictionary()
-# The host table's gate a session's requests go through, when there is one (make_session).
-_GATES: weakref.WeakKeyDictionary[aiohttp.ClientSession, hostlimit.HostGate] = weakref.WeakKeyDictionary()
+_UNBOUNDED = 2**62  # the budget of a session not made by make_session
+
+
+def body_lease(session: aiohttp.ClientSession) -> BodyLease:
+    """A lease on ``session``'s body budget, holding nothing yet."""
+    budget = _BUDGETS.get(session)
+    if budget is None:
+        budget = _BUDGETS[session] = _BodyBudget(_UNBOUNDED)
+    return budget.lease()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,11 +502,14 @@ async def fetch_url(
     *,
     rng: random.Random | None = None,
     sleep: Sleep = asyncio.sleep,
+    lease: BodyLease | None = None,
 ) -> FetchResult:
     """Fetch one URL, retrying transient failures. Never raises for a per-item failure.
 
     Every wait (backoff, Retry-After, a host's cool-down) goes through ``sleep``: the worker
-    passes one that gives the row's download slot back while it sleeps.
+    passes one that gives the row's download slot back while it sleeps. With ``lease``, a
+    body returned stays counted against the body budget until the caller closes the lease;
+    without, until this returns.
     """
     rng = rng or _RNG
     started = time.perf_counter()
@@ -499,7 +526,7 @@ async def fetch_url(
         # renewing is then asked anyway, once per attempt, as the first hop's host would be.
         hop_cooldowns = cooldowns if deferrals <= options.retries else None
         try:
-            outcome = await _attempt(session, url, options, hop_cooldowns)
+            outcome = await _attempt(session, url, options, hop_cooldowns, lease)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: still data, never a crashed shard
             outcome = _Outcome(
                 _Progress(final_url=url),
@@ -547,7 +574,11 @@ def retry_delay(
 
 
 async def _attempt(
-    session: aiohttp.ClientSession, url: str, options: FetchOptions, cooldowns: _Cooldowns | None = None
+    session: aiohttp.ClientSession,
+    url: str,
+    options: FetchOptions,
+    cooldowns: _Cooldowns | None = None,
+    lease: BodyLease | None = None,
 ) -> _Outcome:
     progress = _Progress(final_url=url)
     deadline = asyncio.timeout(options.timeout)
@@ -566,11 +597,18 @@ async def _attempt(
                 max_redirects=options.max_redirects + 1,
                 ssl=not insecure,
                 trace_request_ctx=_DeadlineRef(
-                    deadline, options.timeout, progress, options.insecure_hosts if insecure else (), hold, cooldowns
+                    deadline,
+                    options.timeout,
+                    progress,
+                    options.insecure_hosts if insecure else (),
+                    hold,
+                    cooldowns,
                 ),
             ) as resp,
         ):
-            return await _read_response(resp, options, progress, deadline, _BUDGETS.get(session))
+            return await _read_response(
+                resp, options, progress, deadline, lease or body_lease(session), keep=lease is not None
+            )
     except Exception as exc:  # noqa: BLE001 - every per-item failure becomes data at the stage edge
         return _classify(exc, progress, options, deadline_hit=deadline.expired())
     finally:
@@ -583,7 +621,9 @@ async def _read_response(
     options: FetchOptions,
     progress: _Progress,
     deadline: asyncio.Timeout,
-    budget: _BodyBudget | None,
+    lease: BodyLease,
+    *,
+    keep: bool,
 ) -> _Outcome:
     progress.saw(resp)
     status = resp.status
@@ -607,7 +647,7 @@ async def _read_response(
     content = resp.content
     chunks: list[bytes] = []
     total = 0
-    lease = (budget or _BodyBudget(2**62)).lease()
+    kept = False
     try:
         # An announced body takes all its bytes before the first read (it never holds part
         # of the budget while waiting for the rest); an unannounced one, each chunk it reads.
@@ -621,9 +661,11 @@ async def _read_response(
             if length is None and not lease.try_take(len(chunk)):
                 await _off_the_clock(deadline, lease.take(len(chunk)))
             chunks.append(chunk)
+        kept = keep
         return _Outcome(progress, body=b"".join(chunks))
     finally:
-        lease.close()
+        if not kept:  # a failed read, or a caller that does not hold on to the body
+            lease.close()
 
 
 def _status_outcome(resp: aiohttp.ClientResponse, progress: _Progress) -> _Outcome:

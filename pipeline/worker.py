@@ -444,28 +444,42 @@ async def _one(
         finally:
             slept += time.perf_counter() - since
 
+    # A downloaded body stays counted against --body-budget until the CPU stage is done
+    # with it: the budget bounds bodies in memory, not only those still arriving.
+    lease = None
     try:
-        if _is_local(source):
-            fetched = await asyncio.to_thread(_read_local, source, config.fetch.max_bytes)
-        else:
-            from pipeline.fetch import fetch_url
+        try:
+            if _is_local(source):
+                fetched = await asyncio.to_thread(_read_local, source, config.fetch.max_bytes)
+            else:
+                from pipeline.fetch import body_lease, fetch_url
 
-            fetched = await fetch_url(session, source, config.fetch, sleep=sleep)  # type: ignore[arg-type]
-        body = fetched.body
+                lease = body_lease(session)  # type: ignore[arg-type]
+                fetched = await fetch_url(
+                    session,  # type: ignore[arg-type]
+                    source,
+                    config.fetch,
+                    sleep=sleep,
+                    lease=lease,
+                )
+            body = fetched.body
+        finally:
+            seconds = time.perf_counter() - started - slept
+            limit.download_done(has_body=body is not None, seconds=seconds, size=len(body or b""))
+        fetched = _without_body(fetched)
+        cpu_s: float | None = None
+        try:
+            if fetched.error_class is not None or body is None:
+                return _Outcome(fetched, None, fetched.error_class, fetched.error_message)
+            work = functools.partial(_process_timed, body, config.process, store)
+            (image, error_class, message), cpu_s = await asyncio.get_running_loop().run_in_executor(pool, work)
+            return _Outcome(fetched, image, error_class, message)
+        finally:
+            if body is not None:
+                limit.processed(cpu_s, len(body))
     finally:
-        seconds = time.perf_counter() - started - slept
-        limit.download_done(has_body=body is not None, seconds=seconds, size=len(body or b""))
-    fetched = _without_body(fetched)
-    cpu_s: float | None = None
-    try:
-        if fetched.error_class is not None or body is None:
-            return _Outcome(fetched, None, fetched.error_class, fetched.error_message)
-        work = functools.partial(_process_timed, body, config.process, store)
-        (image, error_class, message), cpu_s = await asyncio.get_running_loop().run_in_executor(pool, work)
-        return _Outcome(fetched, image, error_class, message)
-    finally:
-        if body is not None:
-            limit.processed(cpu_s, len(body))
+        if lease is not None:
+            lease.close()
 
 
 def _without_body(fetched: FetchResult) -> FetchResult:
@@ -500,7 +514,8 @@ def _process(
         # This process ran out, not the image's fault (--max-pixels is checked from the header
         # before decoding): a bug-like failure, worth a retry with --retry-failed.
         detail = f": {exc}" if str(exc) else ""
-        return None, ErrorClass.INTERNAL, f"MemoryError: out of memory while processing the image{detail} ({_where(exc)})"
+        message = f"MemoryError: out of memory while processing the image{detail} ({_where(exc)})"
+        return None, ErrorClass.INTERNAL, message
     except Exception as exc:  # noqa: BLE001 - one bad image must not take its batch down
         return None, ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc} ({_where(exc)})"
 
