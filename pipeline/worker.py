@@ -63,6 +63,12 @@ LOW_WATER_ROWS = (2, 64)
 BACKLOG_BYTES = 24 * 1024 * 1024
 # How often a waiting call looks again (a safety net: the loop thread notifies).
 RECHECK_S = 0.25
+# A feed call also answers when it has held finished rows this long while no download here
+# started: every slot is waiting on the network (silent hosts, read timeouts), and rows that
+# finished earlier must reach the catalog (a kill loses only what is in flight) and the
+# progress display. A CPU-bound process keeps starting downloads, so this never feeds it
+# rows it cannot start (the tail that LOW_WATER_ROWS prevents).
+STALLED_S = 1.0
 # How long a new process waits for its siblings to start (see ``init_worker``).
 START_TIMEOUT_S = 30.0
 # A collect call that finds nothing running waits this long before answering, so that idle
@@ -168,6 +174,7 @@ class _RowLoop:
         self._running = 0  # fed sources not finished
         self._starts: deque[float] = deque(maxlen=32)  # recent download starts: the process's pace
         self._done = Finished(worker_pid=os.getpid())
+        self._done_since = math.inf  # when the oldest row in _done finished
         self._fatal: PipelineError | None = None
 
     def submit(self, batch: Shard, config: RunConfig, into: Finished | None) -> concurrent.futures.Future[None]:
@@ -207,6 +214,7 @@ class _RowLoop:
             if self._fatal is not None:
                 raise self._fatal
             done, self._done = self._done, Finished(worker_pid=os.getpid())
+            self._done_since = math.inf
             return done
 
     def _ready(self, until_idle: bool, at_least_one: bool) -> bool:
@@ -218,7 +226,12 @@ class _RowLoop:
             return bool(self._done.items)
         # Not "or after a while": every early answer brings this process another batch, and
         # a CPU-bound process then held ~500 rows it could not start (the tail of the run).
-        return self._waiting <= self._low_water()
+        return self._waiting <= self._low_water() or self._stalled()
+
+    def _stalled(self) -> bool:
+        now = time.monotonic()
+        last_start = self._starts[-1] if self._starts else -math.inf
+        return now - self._done_since >= STALLED_S and now - last_start >= STALLED_S
 
     def _low_water(self) -> int:
         low, high = LOW_WATER_ROWS
@@ -239,6 +252,8 @@ class _RowLoop:
         with self._changed:
             count.finished += 1
             self._running -= 1
+            if not self._done.items:
+                self._done_since = time.monotonic()
             self._done.items.extend(items)
             self._changed.notify_all()
 

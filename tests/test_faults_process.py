@@ -109,17 +109,20 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def assert_consistent(out: Path) -> dict[int, sqlite3.Row]:
-    """The catalog is whole, each shard marked done has all its rows, a shard not marked
-    done has only some (rows are committed as they finish), every committed row names its
-    own shard and nothing else exists."""
+def assert_consistent(out: Path, *, total: int) -> dict[int, sqlite3.Row]:
+    """The catalog is whole, each shard marked done has all its rows (as many as the
+    manifest of `total` rows puts in it: not the catalog's own count, which would compare
+    the catalog with itself), a shard not marked done has only some (rows are committed as
+    they finish), every committed row names its own shard and nothing else exists."""
     db = sqlite3.connect(out / "catalog.sqlite")
     db.row_factory = sqlite3.Row
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    shards = {r["shard_id"]: r["rows"] for r in db.execute("SELECT shard_id, rows FROM shards")}
-    per_shard = dict(db.execute("SELECT shard_id, COUNT(*) FROM items GROUP BY shard_id").fetchall())
-    assert all(per_shard.get(shard) == count for shard, count in shards.items())  # no half shard marked done
     size = _shard_size(db)
+    per_shard = dict(db.execute("SELECT shard_id, COUNT(*) FROM items GROUP BY shard_id").fetchall())
+    for shard, recorded in db.execute("SELECT shard_id, rows FROM shards"):
+        expected = min(size, total - shard * size)
+        assert per_shard.get(shard) == recorded == expected, (shard, per_shard.get(shard), recorded, expected)
+    assert all(0 < rows <= min(size, total - shard * size) for shard, rows in per_shard.items())
     assert all(r["row"] // size == r["shard_id"] for r in db.execute("SELECT row, shard_id FROM items"))
     rows = {r["row"]: r for r in db.execute("SELECT * FROM items")}
     db.close()
@@ -142,7 +145,7 @@ def file_hashes(out: Path) -> dict[Path, str]:
 
 
 def assert_complete(out: Path, count: int) -> None:
-    rows = assert_consistent(out)
+    rows = assert_consistent(out, total=count)
     assert sorted(rows) == list(range(count))  # every row exactly once (row is the primary key)
     assert {r["status"] for r in rows.values()} == {"ok"}, {r["error_message"] for r in rows.values()}
     for path, digest in file_hashes(out).items():
@@ -190,7 +193,7 @@ def test_a_worker_killed_by_one_row_fails_that_row_only(tmp_path: Path) -> None:
     assert not unowned
     assert deaths in (3, 4)
     assert len(set(killed)) == deaths  # each attempt ran in a fresh worker: the pool was rebuilt
-    rows = assert_consistent(out)
+    rows = assert_consistent(out, total=12)
     assert sorted(rows) == list(range(12))
     for n, row in rows.items():
         if n == 5:
@@ -218,7 +221,7 @@ def test_an_unexpected_error_processing_one_image_fails_only_that_item(tmp_path:
         blocker.write_text("not a folder")
         result = CliRunner().invoke(main, cli_cmd(manifest, out, "--procs", "1")[3:])
         assert result.exit_code == 0, result.output
-    rows = assert_consistent(out)
+    rows = assert_consistent(out, total=4)
     assert (rows[1]["status"], rows[1]["error_class"]) == ("failed", "internal")
     assert rows[1]["error_message"].startswith("FileExistsError: ")
     assert re.search(r" \(\w+\.py:\d+\)$", rows[1]["error_message"])  # where, for the bug report
@@ -252,7 +255,7 @@ def test_sigint_exits_130_cleanly_and_the_rerun_resumes(tmp_path: Path, interrup
             assert "Interrupted: finished shards are saved; rerun the same command to resume." in stderr
         wait_until(lambda: not any(alive(p) for p in workers), deadline=10, what="workers exiting")
         if interrupts == 1:  # the clean path removes its temp files itself
-            assert_consistent(out)
+            assert_consistent(out, total=48)
         else:  # the immediate path leaves them to the next run; the catalog is still whole
             db = sqlite3.connect(out / "catalog.sqlite")
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -337,7 +340,7 @@ def test_disk_full_fails_fast_with_a_clear_message_then_resumes(tmp_path: Path) 
             assert full.stderr.startswith("Error: cannot write ")
             assert "no space left on device" in full.stderr or "disk is full" in full.stderr
             assert "Traceback" not in full.stderr
-            rows = assert_consistent(out)
+            rows = assert_consistent(out, total=len(big))
             assert len(rows) < len(big)  # it stopped: later shards were not all attempted
             for row in rows.values():  # what was committed is whole
                 assert hashlib.sha256((out / row["original_path"]).read_bytes()).hexdigest() == row["sha256"]
@@ -394,5 +397,6 @@ def test_low_open_file_limit_clamps_concurrency_instead_of_failing(tmp_path: Pat
         assert done.stderr == (
             "Warning: open-file limit is 64 (ulimit -n); --concurrency lowered from 400 to 22 per process\n"
         )
-        assert srv.max_active == 22  # 64 - 40 base - 2 x 1 CPU thread
+        assert srv.max_active <= 22  # 64 - 40 base - 2 x 1 CPU thread: the clamp holds (how many were
+        # at once otherwise depends on timing; the clamp itself is in the warning above)
     assert_complete(out, 150)

@@ -90,6 +90,36 @@ def test_rows_of_a_shard_are_committed_while_one_of_its_urls_hangs(tmp_path: Pat
     assert summary.by_status == {"ok": 24} and summary.complete
 
 
+def test_rows_finished_before_a_silent_url_reach_the_catalog_while_every_slot_waits(tmp_path: Path) -> None:
+    """One download slot, 200 rows (more than the parent's window, so the process is always
+    being fed), and one URL that answers only when released. Once it holds the slot nothing
+    can start; the rows that finished before it must still be committed while it waits. They
+    were held in the worker until the silent URL ended (a read timeout later): a kill then
+    lost them, and the progress display stood still."""
+    out = tmp_path / "out"
+    release = threading.Event()
+    with RawServer({"/img": _img, "/held": _held_until(release)}) as srv:
+        manifest = tmp_path / "m.txt"
+        urls = [f"{srv.url('/img')}?n={i}" for i in range(200)]
+        urls[6] = srv.url("/held")
+        manifest.write_text("\n".join(urls) + "\n")
+        cmd = cli_cmd(manifest, out, "--procs", "1", "--concurrency", "1", "--shard-size", "200", "--read-timeout", "60")
+        proc = spawn(cmd)
+        try:
+            wait_until(lambda: len(srv.requests("/held")) == 1, deadline=60, what="the silent URL's request")
+            answered = len(srv.requests("/img"))  # all of them before it: it holds the only slot
+            wait_until(
+                lambda: _committed(out / "catalog.sqlite")[0] >= answered, deadline=HOLD_S / 2,
+                what=f"the {answered} rows answered before the silent URL committed",
+            )  # fmt: skip
+            assert len(srv.requests("/img")) == answered  # nothing else started meanwhile
+        finally:
+            release.set()
+            _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 0, stderr
+    assert _committed(out / "catalog.sqlite") == (200, 1)
+
+
 class _RecordingExecutor(LocalExecutor):
     """The local executor, noting which worker process reported each row (observation only)."""
 
@@ -142,7 +172,7 @@ def test_kill_while_every_shard_waits_on_a_silent_url_then_resume_fetches_only_t
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=30)
         assert _committed(out / "catalog.sqlite") == (27, 0)
-        rows = assert_consistent(out)
+        rows = assert_consistent(out, total=30)
         assert sorted(rows) == [r for r in range(30) if r % 10 != 4]
         fetched_before = len(srv.requests("/img"))
         release.set()
