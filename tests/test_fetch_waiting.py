@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,9 +20,10 @@ import pytest
 from conftest import jpeg
 from rawserver import RawServer, Request, response
 
-from pipeline import run
+from pipeline import hostlimit, run
 from pipeline.config import FetchOptions
 from pipeline.fetch import fetch_url, make_session
+from pipeline.hostlimit import HostTable
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -112,3 +115,53 @@ def test_the_cool_down_of_a_host_reached_by_redirect_holds_later_requests_to_it(
     # Each later URL waited before its hop to the CDN, and none had reached it before then.
     assert cdn_requests_when_waiting == [1] * 4
     assert len(cdn_seen) == 5
+
+
+@pytest.fixture
+def machine_table() -> Iterator[HostTable]:
+    """This test process as a worker of a host table (what the pool initializer does)."""
+    table = HostTable.create(1)
+    hostlimit.install(table.handle)
+    try:
+        yield table
+    finally:
+        hostlimit.uninstall()
+        table.destroy()
+
+
+def test_a_url_sleeping_between_attempts_holds_no_host_slot(machine_table: HostTable) -> None:
+    """--per-host 1: /flaky answers 503 once; while it sleeps before its retry, /other on the
+    same host gets the host's only slot (the sleep ends when /other has been served)."""
+    other_served, flaky_asked = threading.Event(), threading.Event()
+    state = {"flaky": 0}
+
+    async def flaky(request: Request, writer: asyncio.StreamWriter) -> None:
+        state["flaky"] += 1
+        writer.write(response(503) if state["flaky"] == 1 else response(200, JPEG))
+        flaky_asked.set()
+
+    async def other(request: Request, writer: asyncio.StreamWriter) -> None:
+        _jpeg(writer)
+        await writer.drain()
+        other_served.set()
+
+    seen: list[bool] = []
+
+    async def sleep_until_other_served(seconds: float) -> None:
+        seen.append(await asyncio.get_running_loop().run_in_executor(None, other_served.wait, HOLD_S))
+
+    options = FetchOptions(per_host=1, retries=1, timeout=30.0, allow_private=True)
+    with RawServer({"/flaky": flaky, "/other": other}) as srv:
+
+        async def main() -> list[object]:
+            async with make_session(options) as session:
+                first = asyncio.ensure_future(
+                    fetch_url(session, srv.url("/flaky"), options, sleep=sleep_until_other_served)
+                )
+                # /other starts once /flaky has been answered: it needs the slot /flaky had.
+                await asyncio.get_running_loop().run_in_executor(None, flaky_asked.wait, HOLD_S)
+                return list(await asyncio.gather(first, fetch_url(session, srv.url("/other"), options)))
+
+        results = asyncio.run(main())
+    assert seen == [True]  # /other was served while /flaky waited for its retry
+    assert [r.error_class for r in results] == [None, None] and results[0].attempts == 2
