@@ -189,7 +189,7 @@ class _RowLoop:
                 self._done.items.extend(invalid)
             else:
                 into.items.extend(invalid)
-        count = _BatchCount(len(by_source), into is None)
+        count = _BatchCount(len(by_source), into is None, tuple(r for rows in by_source.values() for r in rows))
         hooks = _Hooks(
             functools.partial(self._started, count),
             functools.partial(self._finished, count) if into is None else into.items.extend,
@@ -251,6 +251,7 @@ class _RowLoop:
     def _finished(self, count: _BatchCount, items: list[ItemResult]) -> None:
         with self._changed:
             count.finished += 1
+            count.reported.update(item.row for item in items)
             self._running -= 1
             if not self._done.items:
                 self._done_since = time.monotonic()
@@ -269,6 +270,13 @@ class _RowLoop:
             count.started = count.finished = count.sources
             if isinstance(exc, PipelineError) and count.fed:
                 self._fatal = exc
+            elif exc is not None and count.fed:
+                # A bug outside a row's own guard: its rows are still owed to the parent, which
+                # would otherwise wait for them for ever. They fail as `internal`, saying why.
+                lost = [row for row in count.rows if row.row not in count.reported]
+                if lost and not self._done.items:
+                    self._done_since = time.monotonic()
+                self._done.items.extend(failed_items(lost, f"{type(exc).__name__}: {exc} ({_where(exc)})"))
             self._changed.notify_all()
 
     def close(self) -> None:
@@ -289,8 +297,10 @@ class _BatchCount:
 
     sources: int
     fed: bool
+    rows: tuple[ManifestRow, ...]  # the batch's valid rows (invalid ones are reported at once)
     started: int = 0
     finished: int = 0
+    reported: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)

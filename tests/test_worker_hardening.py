@@ -105,3 +105,27 @@ def test_running_out_of_memory_while_decoding_is_internal(tmp_path: Path) -> Non
     error_class, message = json.loads(done.stdout.strip().splitlines()[-1])
     assert error_class == "internal"
     assert message.startswith("MemoryError: ") and "out of memory" in message
+
+
+def test_a_bug_outside_a_rows_guard_fails_its_rows_instead_of_losing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every row the parent hands out must come back, or the run waits for it for ever. A bug
+    in the row coroutine itself (outside its own try: injected here, as no input can reach
+    one on purpose) fails the rows of that batch as `internal`, naming the error."""
+    from pipeline import worker
+
+    async def broken_row(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the row loop")
+
+    monkeypatch.setattr(worker, "_row", broken_row)
+    batch = Shard(0, _rows(0, [str(tmp_path / f"{i}.jpg") for i in range(3)]))
+    config = RunConfig(out=tmp_path / "out", procs=1, local_root=tmp_path)
+    got = worker.feed_rows(batch, config)
+    deadline = 60
+    while len(got.items) < 3 and deadline > 0:  # bounded: each call waits for an answer
+        got.items.extend(worker.collect_rows(max_wait_s=1).items)
+        deadline -= 1
+    assert sorted(item.row for item in got.items) == [0, 1, 2]
+    assert {(item.status.value, item.error_class.value) for item in got.items} == {("failed", "internal")}
+    assert all(item.error_message.startswith("RuntimeError: a bug in the row loop (") for item in got.items)
