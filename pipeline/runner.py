@@ -9,6 +9,7 @@ or a script can show it however they like.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -145,6 +146,10 @@ def run_config(
     on_progress: ProgressCallback | None = None,
     executor: RowExecutor | None = None,
 ) -> RunSummary:
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A spawned worker importing an unguarded main module that calls run(): stop before
+        # it touches OUT; the parent sees its worker die at start-up and says what to do.
+        raise UsageError("pipeline.run() called while a worker process starts: see the parent's error")
     if config.local_root is None and spec.local_root is not None:
         config = replace(config, local_root=spec.local_root)
     config = fit_open_files(config)
