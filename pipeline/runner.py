@@ -9,6 +9,7 @@ or a script can show it however they like.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -34,6 +35,7 @@ from pipeline.manifest import (
     read_rows,
 )  # fmt: skip
 from pipeline.models import ItemResult, Shard, ShardDone, Status
+from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.schedule import ShardTracker, batch_size, batches
 from pipeline.shards import iter_shards, keep_rows
 from pipeline.store import open_store
@@ -157,6 +159,33 @@ def run_config(
     if isinstance(config.out, Path):
         _make_out(config.out)
     _make_out(catalog_file.parent)
+    with _lock(config, catalog_file):
+        return _run_locked(spec, config, catalog_file, on_progress, executor)
+
+
+def _lock(config: RunConfig, catalog_file: Path) -> contextlib.ExitStack:
+    """Hold OUT (or this partition of it) and the catalog for the run: a second run on them
+    stops at once instead of deleting this one's temp files or resetting its catalog."""
+    stack = contextlib.ExitStack()
+    try:
+        if isinstance(config.out, Path):
+            stack.enter_context(locked(out_lock_path(config.out, config.partition), config.out))
+            if catalog_file.parent == config.out:
+                return stack  # OUT/catalog*.sqlite: covered by the lock of OUT
+        stack.enter_context(locked(catalog_lock_path(catalog_file), catalog_file))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _run_locked(
+    spec: ManifestSpec,
+    config: RunConfig,
+    catalog_file: Path,
+    on_progress: ProgressCallback | None,
+    executor: RowExecutor | None,
+) -> RunSummary:
     store = open_store(config.out, partition=config.partition)
     store.clear_temp()  # leftovers of a killed run: never visible as finished files
     progress = Progress()

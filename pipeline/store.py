@@ -47,6 +47,7 @@ TMP_DIR = ".tmp"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _EXT = re.compile(r"[a-z0-9]{1,8}")
+_PARTITION = re.compile(r"[0-9]+-of-[0-9]+")  # OUT/.tmp/<i>-of-<n>: a partition's temp folder
 
 # errno values that mean "this folder cannot take our files", as opposed to a bug.
 _STORAGE_ERRNOS: dict[int, str] = {
@@ -169,13 +170,18 @@ class Store:
     def clear_temp(self) -> int:
         """Remove leftovers of interrupted writes; returns how many entries were removed.
 
-        Only safe while no worker writes into this OUT (run start and end).
+        Only safe while no worker of this run writes here (run start and end; the run's lock
+        keeps other runs of this OUT out). The temp folders of static partitions are theirs
+        alone: a run of the whole OUT leaves them to their own partitions, which may be
+        running beside it.
         """
         if not self._tmp.is_dir():
             return 0
         removed = 0
         with self._translate(self._tmp):
             for entry in self._tmp.iterdir():
+                if self._tmp.name == TMP_DIR and _PARTITION.fullmatch(entry.name):
+                    continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
