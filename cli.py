@@ -320,8 +320,10 @@ def dedup_command(out: Path, max_distance: int, keep: str, verify: bool, report:
     from pipeline.dedup import dedup
     from pipeline.dedup_report import write_report
 
+    options = DedupOptions(max_distance=max_distance, keep=keep, verify=verify)
+    Catalog(locate(out), readonly=True).close()  # a folder without a run: a usage error, no lock file left
     with _out_locked(out):  # it rewrites the groups a run's --force would delete
-        r = dedup(out, DedupOptions(max_distance=max_distance, keep=keep, verify=verify))
+        r = dedup(out, options)
     click.echo(
         f"{r.images:,} images: {r.groups:,} groups, {r.duplicates:,} duplicates ({r.exact:,} exact) "
         f"in {r.elapsed_s:,.1f} s; {r.candidates:,} candidate pairs, {r.checked:,} checked, {r.cached:,} reused"
