@@ -225,7 +225,7 @@ def test_export_formats_one_row_per_manifest_row(tmp_path: Path, server: HTTPSer
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "ok", "invalid"]
     assert records[0]["sha256"] == records[1]["sha256"] and records[2]["note"] == "empty"
-    assert records[0]["thumb_256"].startswith("thumbs/256/")
+    assert records[0]["thumb_256"].startswith("thumbs/256-q85/")
 
     pq = pytest.importorskip("pyarrow.parquet")
     parquet = tmp_path / "e.parquet"
