@@ -184,6 +184,9 @@ class RunConfig:
             "formats": list(self.process.formats),
             "max_bytes": self.fetch.max_bytes,
             "respect_opt_out": self.fetch.respect_opt_out,
+            # Servers answer (and opt out) per agent. The default names the version: null, so
+            # an upgrade alone does not refuse a resume (older catalogs have no entry: null too).
+            "user_agent": None if self.fetch.user_agent == DEFAULT_USER_AGENT else self.fetch.user_agent,
         }
 
 
