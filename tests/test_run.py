@@ -243,7 +243,7 @@ def test_clear_errors_and_exit_codes(tmp_path: Path) -> None:
     result = runner.invoke(main, ["run", str(bad), "--procs", "0"])
     assert result.exit_code == 2 and "Error: --procs must be at least 1" in result.output
     result = runner.invoke(main, ["status", str(tmp_path)])
-    assert result.exit_code == 1 and "Error: no catalog" in result.output
+    assert result.exit_code == 2 and "Error: no catalog" in result.output  # a usage error
     assert runner.invoke(main, ["--version"]).output.startswith("pipeline, version ")
 
 
