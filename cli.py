@@ -340,7 +340,7 @@ def _out_locked(out: Path | None, catalog: Path | None = None) -> contextlib.Exi
     if out is not None:
         stack.enter_context(locked(out_lock_path(out), out))
     if catalog is not None:
-        stack.enter_context(locked(catalog_lock_path(catalog), catalog))
+        stack.enter_context(locked(catalog_lock_path(catalog), catalog, instead="--output"))
     return stack
 
 

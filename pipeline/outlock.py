@@ -43,8 +43,9 @@ def catalog_lock_path(catalog: Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: Path, what: Path | str) -> Iterator[None]:
-    """Hold the exclusive lock ``path`` or raise ``UsageError`` naming the holder of ``what``."""
+def locked(path: Path, what: Path | str, *, instead: str = "--out") -> Iterator[None]:
+    """Hold the exclusive lock ``path`` or raise ``UsageError`` naming the holder of ``what``
+    (and the option that would point this command elsewhere)."""
     if fcntl is None:
         yield
         return
@@ -59,7 +60,7 @@ def locked(path: Path, what: Path | str) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             by = f"pid {holder}" if holder.isdigit() else "another process"
             raise UsageError(
-                f"{what} is in use by {by} (another pipeline run); wait for it to end, or use another --out"
+                f"{what} is in use by {by} (another pipeline run); wait for it to end, or use another {instead}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

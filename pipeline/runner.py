@@ -173,7 +173,7 @@ def _lock(config: RunConfig, catalog_file: Path) -> contextlib.ExitStack:
             stack.enter_context(locked(out_lock_path(config.out, config.partition), config.out))
             if catalog_file.parent == config.out:
                 return stack  # OUT/catalog*.sqlite: covered by the lock of OUT
-        stack.enter_context(locked(catalog_lock_path(catalog_file), catalog_file))
+        stack.enter_context(locked(catalog_lock_path(catalog_file), catalog_file, instead="--catalog"))
     except BaseException:
         stack.close()
         raise
@@ -287,7 +287,8 @@ def _check_fingerprint(catalog: Catalog, spec: ManifestSpec, config: RunConfig) 
             f"{part}.{name}"
             for part in ("manifest", "options")
             for name in sorted(set(stored.get(part, {})) | set(wanted[part]))
-            if name not in _ADVISORY and stored.get(part, {}).get(name) != wanted[part].get(name)
+            if not (part == "manifest" and name in _ADVISORY)
+            and stored.get(part, {}).get(name) != wanted[part].get(name)
         )
         if not differences:
             catalog.set_meta("manifest_path", str(spec.path))  # where it was last read: advisory

@@ -58,7 +58,7 @@ def _manifest(path: Path, server: HTTPServer, *names: str) -> Path:
     return path
 
 
-def _start(manifest: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _start(manifest: Path, out: Path | str, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     args = [sys.executable, str(ROOT / "cli.py"), "run", str(manifest), "--out", str(out), *SLOW, *extra]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -137,3 +137,21 @@ def test_partitions_and_other_catalogs_of_one_out_run_side_by_side(
     _finish(zero)
     assert _statuses(out / "catalog-0-of-2.sqlite") == ["ok"]
     assert _statuses(out / "catalog-1-of-2.sqlite") == ["ok"]
+
+
+def test_a_catalog_beside_an_object_store_out_is_locked_too(tmp_path: Path, server: HTTPServer, gate: Gate) -> None:
+    """OUT is an fsspec URL (here ``local://``, as ``s3://`` would be): the lock is beside the catalog."""
+    manifest, catalog = _manifest(tmp_path / "m.csv", server, "/slow.jpg"), tmp_path / "run1.sqlite"
+    nothing_stored = ["--no-thumbnails", "--no-keep-originals"]  # local:// makes no folders for objects
+    first = _start(manifest, f"local://{tmp_path / 'bucket'}", "--catalog", str(catalog), *nothing_stored)
+    assert gate.arrived.wait(timeout=60)
+    args = ["run", str(manifest), "--out", f"local://{tmp_path / 'other'}", "--catalog", str(catalog), *SLOW, *nothing_stored]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: {catalog} is in use by pid {first.pid} (another pipeline run); "
+        "wait for it to end, or use another --catalog\n"
+    )
+    gate.release.set()
+    _finish(first)
+    assert _statuses(catalog) == ["ok"]
