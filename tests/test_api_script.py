@@ -78,3 +78,11 @@ def test_guarded_script_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "rows 37"
     assert _internal_rows(out) == 0
+
+
+def test_code_without_a_main_file_runs(tmp_path: Path) -> None:
+    """``python -c`` has no ``__main__.__file__``, as in Jupyter: workers import nothing of it."""
+    manifest, out = _manifest(tmp_path), tmp_path / "out"
+    result = _python(["-c", _script(manifest, out, guarded=False)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "rows 37"
