@@ -192,10 +192,11 @@ def _run_locked(
     progress = Progress()
     with Catalog(catalog_file) as catalog:
         _check_fingerprint(catalog, spec, config)
-        whole = _WholeManifest(spec, config.out)
+        whole = _WholeManifest(spec, config.out, catalog)
         if config.force and whole.differs(catalog):  # same head and tail, other middle
             catalog.reset()
             _check_fingerprint(catalog, spec, config)
+            whole.resuming = False
         progress.rows_before = catalog.summary().rows
         if config.partition is None:
             _estimate_total_in_background(spec, progress)
@@ -309,17 +310,19 @@ class _WholeManifest:
 
     The fingerprint hashes only the size and the first and last MiB (cheap, checked before
     anything runs), so a same-length edit in the middle of a bigger manifest resumed into a
-    mix of two manifests. The whole hash is stored with the run's first read and compared
-    on every later one: as soon as it is ready, and at the latest before the run records
-    its last shard count (what marks it complete). A mismatch stops the run (exit 2).
-    Reading the file once more beside the row stream keeps ``manifest.py`` as it is.
+    mix of two manifests. The whole hash is stored with the run's first read (as soon as it
+    is ready) and compared on every later one before any of its rows is committed, and at
+    the latest before the run records its shard total (what marks it complete). A mismatch
+    stops the run (``ResumeRefused``, exit 2). Reading the file once more beside the row
+    stream keeps ``manifest.py`` as it is.
     """
 
     META = "manifest_sha256"
 
-    def __init__(self, spec: ManifestSpec, out: Path | str) -> None:
+    def __init__(self, spec: ManifestSpec, out: Path | str, catalog: Catalog) -> None:
         self.spec, self.out = spec, out
         self.checked = spec.kind == "dir"  # a folder's identity already lists every file
+        self.resuming = catalog.get_meta(self.META) is not None  # then nothing commits unchecked
         self._digest: str | None = None
         self._thread = threading.Thread(target=self._hash, name="pipeline-hash-manifest", daemon=True)
         if not self.checked:
@@ -343,18 +346,19 @@ class _WholeManifest:
         return None not in (stored, self._digest) and stored != self._digest
 
     def check(self, catalog: Catalog, *, wait: bool = False) -> None:
-        """Compare with (or store) the hash of the run's first read, once it is known."""
-        if self.checked or (self._thread.is_alive() and not wait):
+        """Compare with (or store) the hash of the run's first read: on a resume before
+        anything is committed, else once the hash is ready (or ``wait``)."""
+        if self.checked or (self._thread.is_alive() and not (wait or self.resuming)):
             return
         self.checked = True
-        if self._digest is not None and catalog.get_meta(self.META) is None:
-            catalog.set_meta(self.META, self._digest)
-        elif self.differs(catalog):
+        if self.differs(catalog):
             raise ResumeRefused(
                 f"{self.spec.path} changed since the run in {self.out} started: same size and same "
                 "first and last MiB, but other bytes in between, so its rows would mix two manifests; "
                 "nothing more was recorded. Use another --out, or --force to discard the catalog and start over"
             )
+        if self._digest is not None and catalog.get_meta(self.META) is None:
+            catalog.set_meta(self.META, self._digest)
 
 
 def _todo(
