@@ -47,6 +47,7 @@ from pipeline.export import FORMATS, export
 from pipeline.hostsort import group_by_host
 from pipeline.manifest import open_manifest
 from pipeline.merge import merge
+from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.runner import Progress, RunSummary, run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -262,7 +263,9 @@ def merge_command(out: Path, output: Path | None) -> None:
     Safe to repeat, e.g. once more when a late partition has finished. Exits 3 when
     partitions are missing or unfinished (the others are merged all the same).
     """
-    r = merge(out, output=output)
+    # It writes the catalog a whole run of OUT would use: never under that run.
+    with _out_locked(out if output is None else None, output):
+        r = merge(out, output=output)
     click.echo(
         f"Merged {len(r.merged)} of {r.num_workers} partitions into {r.catalog}: "
         f"{r.rows:,} rows, shards {r.shards_done:,}/{r.shards_total or '?'}"
@@ -318,7 +321,10 @@ def dedup_command(out: Path, max_distance: int, keep: str, verify: bool, report:
     from pipeline.dedup import dedup
     from pipeline.dedup_report import write_report
 
-    r = dedup(out, DedupOptions(max_distance=max_distance, keep=keep, verify=verify))
+    options = DedupOptions(max_distance=max_distance, keep=keep, verify=verify)
+    Catalog(locate(out), readonly=True).close()  # a folder without a run: a usage error, no lock file left
+    with _out_locked(out):  # it rewrites the groups a run's --force would delete
+        r = dedup(out, options)
     click.echo(
         f"{r.images:,} images: {r.groups:,} groups, {r.duplicates:,} duplicates ({r.exact:,} exact) "
         f"in {r.elapsed_s:,.1f} s; {r.candidates:,} candidate pairs, {r.checked:,} checked, {r.cached:,} reused"
@@ -327,6 +333,16 @@ def dedup_command(out: Path, max_distance: int, keep: str, verify: bool, report:
     if report is not None:
         pages = write_report(out, report)
         click.echo(f"Report: {report} ({pages:,} groups)")
+
+
+def _out_locked(out: Path | None, catalog: Path | None = None) -> contextlib.ExitStack:
+    """The lock a run of OUT holds (or the lock of a catalog file elsewhere)."""
+    stack = contextlib.ExitStack()
+    if out is not None:
+        stack.enter_context(locked(out_lock_path(out), out))
+    if catalog is not None:
+        stack.enter_context(locked(catalog_lock_path(catalog), catalog, instead="--output"))
+    return stack
 
 
 # --- output helpers --------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from pipeline.errors import CatalogError, PipelineError, StorageError
+from pipeline.errors import CatalogError, PipelineError, StorageError, UsageError
 from pipeline.models import ItemResult, ShardDone, ShardReport, Status
 
 CATALOG_NAME = "catalog.sqlite"
@@ -151,7 +151,7 @@ class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         if readonly and not self.path.is_file():
-            raise CatalogError(f"no catalog at {self.path}: is this a pipeline output folder?")
+            raise UsageError(f"no catalog at {self.path}: is this a pipeline output folder?")
         try:
             uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
@@ -168,7 +168,7 @@ class Catalog:
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from exc
 
-    def __enter__(self) -> Catalog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -267,14 +267,15 @@ class Catalog:
 
     def _mark_done(self, shard: ShardDone, now: float) -> None:
         # Counts come from items, not from this invocation: a resumed or --retry-failed shard
-        # ran only part of its rows here.
-        ok, total = self.db.execute(
-            "SELECT COUNT(*) FILTER (WHERE status = 'ok'), COUNT(*) FROM items WHERE shard_id = ?",
+        # ran only part of its rows here (its bytes were once those of the retried rows alone).
+        ok, total, fetched, nbytes = self.db.execute(
+            "SELECT COUNT(*) FILTER (WHERE status = 'ok'), COUNT(*), COUNT(*) FILTER (WHERE attempts > 0), "
+            "COALESCE(SUM(bytes), 0) FROM items WHERE shard_id = ?",
             (shard.shard_id,),
         ).fetchone()
         self.db.execute(
             "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (shard.shard_id, total, ok, total - ok, shard.fetched, shard.bytes_downloaded,
+            (shard.shard_id, total, ok, total - ok, fetched, nbytes,
              round(shard.elapsed_s, 3), shard.worker_pid, now),
         )  # fmt: skip
 

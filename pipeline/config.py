@@ -113,6 +113,16 @@ class ProcessOptions:
     def thumb_ext(self) -> str:
         return {"jpeg": "jpg", "webp": "webp", "png": "png"}[self.thumb_format]
 
+    @property
+    def thumb_variant(self) -> str:
+        """What else than size and format (the folder, the extension) changes a thumbnail's
+        bytes, as a tag in its stored name: ``q85`` for JPEG/WebP, ``""`` for PNG (lossless).
+
+        Files are never rewritten (a name is its content), so an option missing here would
+        make ``--force --thumb-quality 30`` keep the old files: add every new one that
+        changes the encoded bytes."""
+        return f"q{self.thumb_quality}" if self.thumb_format in ("jpeg", "webp") else ""
+
 
 def default_procs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -178,6 +188,9 @@ class RunConfig:
             "formats": list(self.process.formats),
             "max_bytes": self.fetch.max_bytes,
             "respect_opt_out": self.fetch.respect_opt_out,
+            # Servers answer (and opt out) per agent. The default names the version: null, so
+            # an upgrade alone does not refuse a resume (older catalogs have no entry: null too).
+            "user_agent": None if self.fetch.user_agent == DEFAULT_USER_AGENT else self.fetch.user_agent,
         }
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions
-from pipeline.errors import CatalogError, DedupError
+from pipeline.errors import CatalogError, DedupError, UsageError
 from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement
 
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
@@ -357,7 +357,7 @@ def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
     out = Path(out)
     path = out / CATALOG_NAME
     if not path.is_file():
-        raise CatalogError(f"no catalog at {path}: is this a pipeline output folder?")
+        raise UsageError(f"no catalog at {path}: is this a pipeline output folder?")
     with Catalog(path) as catalog:
         items = _load(catalog)
         n = len(items.rows)
@@ -485,15 +485,17 @@ def write_outputs(catalog: Catalog, out: Path) -> None:
             writer.writerow(
                 (r["group_id"], r["key"], r["url"], r["sha256"], r["kind"], r["distance"], int(r["is_rep"]))
             )
-            groups.setdefault(r["group_id"], []).append(r["key"])
+            groups.setdefault(r["group_id"], []).append(r["row"])
     tmp.replace(out / CSV_NAME)
-    # imagededup lists every file, with [] when it has no duplicate.
-    found: dict[str, list[str]] = {
-        k: [] for (k,) in catalog.db.execute("SELECT key FROM items WHERE status = 'ok'")
-    }
-    for keys in groups.values():
-        for k in keys:
-            found[k] = [o for o in keys if o != k]
+    # imagededup lists every file, with [] when it has no duplicate. Keyed by manifest key,
+    # unless keys repeat among the images: then by row number, or rows would collapse.
+    ok = catalog.db.execute("SELECT row, key FROM items WHERE status = 'ok' ORDER BY row").fetchall()
+    unique = len({key for _, key in ok}) == len(ok)
+    name = {row: (key if unique else str(row)) for row, key in ok}
+    found: dict[str, list[str]] = {name[row]: [] for row, _ in ok}
+    for rows in groups.values():
+        for row in rows:
+            found[name[row]] = [name[o] for o in rows if o != row]
     tmp = out / (JSON_NAME + ".tmp")
     tmp.write_text(json.dumps(found, ensure_ascii=False), encoding="utf-8")
     tmp.replace(out / JSON_NAME)

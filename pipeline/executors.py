@@ -10,6 +10,7 @@ and it never drops a row: a row that cannot be run after ``max_attempts`` comes 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -67,6 +68,7 @@ class LocalExecutor:
         self._alone: Shard | None = None  # the suspect batch running by itself
         self._deaths: dict[int, int] = {}  # row -> workers it was alone with when they died
         self._hosts: HostTable | None = None  # per-host limits shared by the workers of a run
+        self._ready: list[Future[int]] = []  # the current pool's start-up calls
 
     def run(self, batches: Iterable[Shard], config: RunConfig) -> Iterator[Finished]:
         source = iter(batches)
@@ -103,6 +105,7 @@ class LocalExecutor:
                         self._alone = None
                     yield self._accept(finished)
                 if broken:
+                    self._check_started()
                     yield self._after_death(config.shard_size)
                     pending.clear()
                     self.shutdown()
@@ -191,9 +194,15 @@ class LocalExecutor:
         )
         # The pool starts a process per call it has no idle process for: one call each starts
         # them all at once, and the barrier in init_worker holds them until all are up.
-        for _ in range(self.procs):
-            pool.submit(ready)
+        self._ready = [pool.submit(ready) for _ in range(self.procs)]
         return pool
+
+    def _check_started(self) -> None:
+        """A broken pool none of whose processes ever answered ``ready()`` died while starting:
+        every worker would, so this is the run's fault, not its rows' (they stay unrun)."""
+        if any(f.done() and not f.cancelled() and f.exception() is None for f in self._ready):
+            return
+        raise UsageError(_START_FAILED.format(main=_main_name()))
 
     def _drop_host_table(self) -> None:
         hosts, self._hosts = self._hosts, None
@@ -214,6 +223,20 @@ class LocalExecutor:
                 process.kill()
         for process in processes:
             process.join(timeout=5)
+
+
+_START_FAILED = (
+    "worker processes died while starting, before running any row (see their traceback above). "
+    "Workers are spawned: each imports the main module ({main}) again, so a script that calls "
+    'pipeline.run() at its top level must call it under `if __name__ == "__main__":` '
+    "(Python docs: multiprocessing, \"Safe importing of main module\"); code read from stdin "
+    "(`python -`) cannot be imported again: save it to a file with that guard"
+)
+
+
+def _main_name() -> str:
+    main = sys.modules.get("__main__")
+    return str(getattr(main, "__file__", None) or "<interactive>")
 
 
 EXECUTORS = ("local", "ray")

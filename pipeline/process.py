@@ -592,9 +592,9 @@ def _flatten_on_white(im: Image.Image) -> Image.Image:
 def _write_thumbnail(
     im: Image.Image, size: int, sha: str, decoded: _Decoded, *, options: ProcessOptions, store: Store
 ) -> Thumbnail:
-    rel = store.thumb_relpath(sha, size, options.thumb_ext)
+    rel = store.thumb_relpath(sha, size, options.thumb_ext, variant=options.thumb_variant)
     thumbnail = Thumbnail(size=size, width=im.width, height=im.height, path=rel)
-    if store.exists(rel):  # content-addressed: same sha, size and format → same file
+    if store.exists(rel):  # content-addressed: same sha, size, format and quality → same file
         return thumbnail
     fmt = options.thumb_format
     out = _flatten_on_white(im) if fmt == "jpeg" else im

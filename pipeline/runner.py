@@ -9,6 +9,9 @@ or a script can show it however they like.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import multiprocessing
 import os
 import threading
 import time
@@ -33,6 +36,7 @@ from pipeline.manifest import (
     read_rows,
 )  # fmt: skip
 from pipeline.models import ItemResult, Shard, ShardDone, Status
+from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.schedule import ShardTracker, batch_size, batches
 from pipeline.shards import iter_shards, keep_rows
 from pipeline.store import open_store
@@ -145,6 +149,10 @@ def run_config(
     on_progress: ProgressCallback | None = None,
     executor: RowExecutor | None = None,
 ) -> RunSummary:
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A spawned worker importing an unguarded main module that calls run(): stop before
+        # it touches OUT; the parent sees its worker die at start-up and says what to do.
+        raise UsageError("pipeline.run() called while a worker process starts: see the parent's error")
     if config.local_root is None and spec.local_root is not None:
         config = replace(config, local_root=spec.local_root)
     config = fit_open_files(config)
@@ -152,11 +160,43 @@ def run_config(
     if isinstance(config.out, Path):
         _make_out(config.out)
     _make_out(catalog_file.parent)
+    with _lock(config, catalog_file):
+        return _run_locked(spec, config, catalog_file, on_progress, executor)
+
+
+def _lock(config: RunConfig, catalog_file: Path) -> contextlib.ExitStack:
+    """Hold OUT (or this partition of it) and the catalog for the run: a second run on them
+    stops at once instead of deleting this one's temp files or resetting its catalog."""
+    stack = contextlib.ExitStack()
+    try:
+        if isinstance(config.out, Path):
+            stack.enter_context(locked(out_lock_path(config.out, config.partition), config.out))
+            if catalog_file.parent == config.out:
+                return stack  # OUT/catalog*.sqlite: covered by the lock of OUT
+        stack.enter_context(locked(catalog_lock_path(catalog_file), catalog_file, instead="--catalog"))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _run_locked(
+    spec: ManifestSpec,
+    config: RunConfig,
+    catalog_file: Path,
+    on_progress: ProgressCallback | None,
+    executor: RowExecutor | None,
+) -> RunSummary:
     store = open_store(config.out, partition=config.partition)
     store.clear_temp()  # leftovers of a killed run: never visible as finished files
     progress = Progress()
     with Catalog(catalog_file) as catalog:
         _check_fingerprint(catalog, spec, config)
+        whole = _WholeManifest(spec, config.out, catalog)
+        if config.force and whole.differs(catalog):  # same head and tail, other middle
+            catalog.reset()
+            _check_fingerprint(catalog, spec, config)
+            whole.resuming = False
         progress.rows_before = catalog.summary().rows
         if config.partition is None:
             _estimate_total_in_background(spec, progress)
@@ -165,14 +205,17 @@ def run_config(
         extras = extra_columns(spec)
         tracker = ShardTracker(config.shard_size)
         commits = _Commits(catalog, tracker, extras, progress, on_progress)
-        work = _batches(_todo(catalog, spec, config, progress), tracker, commits, config.procs)
+        work = _batches(_todo(catalog, spec, config, progress, whole), tracker, commits, config.procs)
         executor = executor or LocalExecutor(config.procs)
         finished = executor.run(work, config)
         try:
             for batch in finished:
+                whole.check(catalog)  # before the rows: a changed manifest's rows stay out
                 commits.add(batch.items, batch.worker_pid)
                 commits.flush(due_only=True)
             commits.flush()
+        except ResumeRefused:
+            raise  # the manifest changed under the run: its rows are not this run's
         except BaseException:
             # Rows that finished are worth keeping whatever stops the run (Ctrl-C, a full
             # disk for the files): the rerun will not fetch them again.
@@ -226,36 +269,101 @@ def _estimate_total_in_background(spec: ManifestSpec, progress: Progress) -> Non
     threading.Thread(target=count, name="pipeline-count-rows", daemon=True).start()
 
 
+# Not compared: a manifest moved or renamed with the same content is the same run (its
+# size and hashes still have to agree). Catalogs before this held it in the fingerprint.
+_ADVISORY = frozenset({"path"})
+
+
 def _fingerprint(spec: ManifestSpec, config: RunConfig) -> dict[str, Any]:
-    return {"manifest": identity(spec), "options": config.fingerprint_options()}
+    manifest = {k: v for k, v in identity(spec).items() if k not in _ADVISORY}
+    return {"manifest": manifest, "options": config.fingerprint_options()}
 
 
 def _check_fingerprint(catalog: Catalog, spec: ManifestSpec, config: RunConfig) -> None:
     """Resume only the same manifest with the same result-changing options."""
     wanted = _fingerprint(spec, config)
     stored = catalog.get_meta("fingerprint")
-    if stored is None:
-        catalog.set_meta("fingerprint", wanted)
-        return
-    differences = tuple(
-        f"{part}.{name}"
-        for part in ("manifest", "options")
-        for name in sorted(set(stored.get(part, {})) | set(wanted[part]))
-        if stored.get(part, {}).get(name) != wanted[part].get(name)
-    )
-    if not differences:
-        return
-    if not config.force:
-        raise ResumeRefused(
-            f"{config.out} holds a run of another manifest or with other options; "
-            "use another --out, or --force to discard its catalog and start over",
-            differences,
+    if stored is not None:
+        differences = tuple(
+            f"{part}.{name}"
+            for part in ("manifest", "options")
+            for name in sorted(set(stored.get(part, {})) | set(wanted[part]))
+            if not (part == "manifest" and name in _ADVISORY)
+            and stored.get(part, {}).get(name) != wanted[part].get(name)
         )
-    catalog.reset()
+        if not differences:
+            catalog.set_meta("manifest_path", str(spec.path))  # where it was last read: advisory
+            return
+        if not config.force:
+            raise ResumeRefused(
+                f"{config.out} holds a run of another manifest or with other options; "
+                "use another --out, or --force to discard its catalog and start over",
+                differences,
+            )
+        catalog.reset()
     catalog.set_meta("fingerprint", wanted)
+    catalog.set_meta("manifest_path", str(spec.path))
 
 
-def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Progress) -> Iterator[Shard]:
+class _WholeManifest:
+    """The SHA-256 of every byte of the manifest file, read on a thread beside the run.
+
+    The fingerprint hashes only the size and the first and last MiB (cheap, checked before
+    anything runs), so a same-length edit in the middle of a bigger manifest resumed into a
+    mix of two manifests. The whole hash is stored with the run's first read (as soon as it
+    is ready) and compared on every later one before any of its rows is committed, and at
+    the latest before the run records its shard total (what marks it complete). A mismatch
+    stops the run (``ResumeRefused``, exit 2). Reading the file once more beside the row
+    stream keeps ``manifest.py`` as it is.
+    """
+
+    META = "manifest_sha256"
+
+    def __init__(self, spec: ManifestSpec, out: Path | str, catalog: Catalog) -> None:
+        self.spec, self.out = spec, out
+        self.checked = spec.kind == "dir"  # a folder's identity already lists every file
+        self.resuming = catalog.get_meta(self.META) is not None  # then nothing commits unchecked
+        self._digest: str | None = None
+        self._thread = threading.Thread(target=self._hash, name="pipeline-hash-manifest", daemon=True)
+        if not self.checked:
+            self._thread.start()
+
+    def _hash(self) -> None:
+        digest = hashlib.sha256()
+        try:
+            with self.spec.path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except OSError:
+            return  # the row stream reports an unreadable manifest itself
+        self._digest = digest.hexdigest()
+
+    def differs(self, catalog: Catalog) -> bool:
+        """Whether the catalog holds another manifest's hash (waits for this one)."""
+        if self._thread.ident is not None:
+            self._thread.join()
+        stored = catalog.get_meta(self.META)
+        return None not in (stored, self._digest) and stored != self._digest
+
+    def check(self, catalog: Catalog, *, wait: bool = False) -> None:
+        """Compare with (or store) the hash of the run's first read: on a resume before
+        anything is committed, else once the hash is ready (or ``wait``)."""
+        if self.checked or (self._thread.is_alive() and not (wait or self.resuming)):
+            return
+        self.checked = True
+        if self.differs(catalog):
+            raise ResumeRefused(
+                f"{self.spec.path} changed since the run in {self.out} started: same size and same "
+                "first and last MiB, but other bytes in between, so its rows would mix two manifests; "
+                "nothing more was recorded. Use another --out, or --force to discard the catalog and start over"
+            )
+        if self._digest is not None and catalog.get_meta(self.META) is None:
+            catalog.set_meta(self.META, self._digest)
+
+
+def _todo(
+    catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Progress, whole: _WholeManifest
+) -> Iterator[Shard]:
     """The shards this invocation must run, streamed; records the total once it is known."""
     done = catalog.done_shards()
     started = catalog.started_shards()  # killed mid-shard: run only the rows not committed
@@ -279,6 +387,7 @@ def _todo(catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Pro
                 yield retry
         else:
             progress.shards_skipped += 1
+    whole.check(catalog, wait=True)  # the shard count marks the run complete: not on a changed manifest
     catalog.set_meta("total_shards", mine)
     if config.partition is not None:
         catalog.set_meta("manifest_shards", total)  # what the merged catalog will expect

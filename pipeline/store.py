@@ -4,7 +4,10 @@ Layout (every name derives from a SHA-256 hex digest and an int, never from a UR
 manifest text, so no input can steer a write outside OUT)::
 
     OUT/originals/<sha[:2]>/<sha>.<ext>
-    OUT/thumbs/<size>/<sha[:2]>/<sha>.<ext>
+    OUT/thumbs/<size>-<variant>/<sha[:2]>/<sha>.<ext>   variant: q<quality> (JPEG, WebP)
+    OUT/thumbs/<size>/<sha[:2]>/<sha>.png               PNG (lossless); older catalogs list
+                                                        every thumbnail here (readers take
+                                                        each row's path from the catalog)
     OUT/.tmp/                   in-flight writes; emptied by clear_temp() at run start/end
     OUT/.tmp/<i>-of-<n>/        the same for static partition i of n (partitions share OUT)
 
@@ -47,6 +50,8 @@ TMP_DIR = ".tmp"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _EXT = re.compile(r"[a-z0-9]{1,8}")
+_VARIANT = re.compile(r"[a-z0-9]{1,16}")
+_PARTITION = re.compile(r"[0-9]+-of-[0-9]+")  # OUT/.tmp/<i>-of-<n>: a partition's temp folder
 
 # errno values that mean "this folder cannot take our files", as opposed to a bug.
 _STORAGE_ERRNOS: dict[int, str] = {
@@ -103,11 +108,17 @@ class Store:
 
     # -- names ---------------------------------------------------------------------------
 
-    def thumb_relpath(self, sha256: str, size: int, ext: str) -> str:
+    def thumb_relpath(self, sha256: str, size: int, ext: str, *, variant: str = "") -> str:
+        """``thumbs/<size>[-<variant>]/<ab>/<sha>.<ext>``: the name carries every option that
+        changes the bytes (``ProcessOptions.thumb_variant``, e.g. ``q85``), so two encodings
+        of one image never share a name and an existing file is always the wanted one."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"bad thumbnail size: {size!r}")
+        if not isinstance(variant, str) or (variant and not _VARIANT.fullmatch(variant)):
+            raise ValueError(f"bad thumbnail variant: {variant!r}")
         sha = _check_sha(sha256)
-        return f"thumbs/{size}/{sha[:2]}/{sha}.{_check_ext(ext)}"
+        folder = f"{size}-{variant}" if variant else str(size)
+        return f"thumbs/{folder}/{sha[:2]}/{sha}.{_check_ext(ext)}"
 
     def original_relpath(self, sha256: str, ext: str) -> str:
         sha = _check_sha(sha256)
@@ -169,13 +180,18 @@ class Store:
     def clear_temp(self) -> int:
         """Remove leftovers of interrupted writes; returns how many entries were removed.
 
-        Only safe while no worker writes into this OUT (run start and end).
+        Only safe while no worker of this run writes here (run start and end; the run's lock
+        keeps other runs of this OUT out). The temp folders of static partitions are theirs
+        alone: a run of the whole OUT leaves them to their own partitions, which may be
+        running beside it.
         """
         if not self._tmp.is_dir():
             return 0
         removed = 0
         with self._translate(self._tmp):
             for entry in self._tmp.iterdir():
+                if self._tmp.name == TMP_DIR and _PARTITION.fullmatch(entry.name):
+                    continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

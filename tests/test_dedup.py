@@ -288,7 +288,7 @@ def test_catalog_without_images_gives_a_clear_error(tmp_path) -> None:
         f"Error: {out / CATALOG_NAME} has no images yet: run `pipeline run` into this folder first",
     )
     code, output = _run(["dedup", str(tmp_path)])
-    assert code == 1 and output.startswith("Error: no catalog at")
+    assert code == 2 and output.startswith("Error: no catalog at")  # a usage error
 
 
 def test_catalog_with_failed_rows_only_gives_a_clear_error(tmp_path) -> None:

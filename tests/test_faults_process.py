@@ -216,7 +216,7 @@ def test_an_unexpected_error_processing_one_image_fails_only_that_item(tmp_path:
         out = tmp_path / "out"
         victim = hashlib.sha256(IMAGES[1]).hexdigest()
         assert all(hashlib.sha256(IMAGES[i]).hexdigest()[:2] != victim[:2] for i in (0, 2, 3))
-        blocker = out / "thumbs" / "256" / victim[:2]
+        blocker = out / "thumbs" / "256-q85" / victim[:2]  # the default thumbnail folder
         blocker.parent.mkdir(parents=True)
         blocker.write_text("not a folder")
         result = CliRunner().invoke(main, cli_cmd(manifest, out, "--procs", "1")[3:])

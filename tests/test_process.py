@@ -175,7 +175,7 @@ def test_two_sizes_from_one_call_never_upscaled(tmp_path: Path) -> None:
     assert [t.size for t in info.thumbnails] == [2048, 1024, 256]
     assert [(t.width, t.height) for t in info.thumbnails] == [(1000, 600), (1000, 600), (256, 154)]
     for index, thumb in enumerate(info.thumbnails):
-        assert thumb.path == f"thumbs/{thumb.size}/{info.sha256[:2]}/{info.sha256}.jpg"
+        assert thumb.path == f"thumbs/{thumb.size}-q85/{info.sha256[:2]}/{info.sha256}.jpg"
         assert open_thumb(tmp_path, info, index).size == (thumb.width, thumb.height)
     assert (info.width, info.height, info.format, info.mode) == (1000, 600, "JPEG", "RGB")
 

@@ -226,7 +226,7 @@ def test_export_formats_one_row_per_manifest_row(tmp_path: Path, server: HTTPSer
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "ok", "invalid"]
     assert records[0]["sha256"] == records[1]["sha256"] and records[2]["note"] == "empty"
-    assert records[0]["thumb_256"].startswith("thumbs/256/")
+    assert records[0]["thumb_256"].startswith("thumbs/256-q85/")
 
     pq = pytest.importorskip("pyarrow.parquet")
     parquet = tmp_path / "e.parquet"
@@ -244,7 +244,7 @@ def test_clear_errors_and_exit_codes(tmp_path: Path) -> None:
     result = runner.invoke(main, ["run", str(bad), "--procs", "0"])
     assert result.exit_code == 2 and "Error: --procs must be at least 1" in result.output
     result = runner.invoke(main, ["status", str(tmp_path)])
-    assert result.exit_code == 1 and "Error: no catalog" in result.output
+    assert result.exit_code == 2 and "Error: no catalog" in result.output  # a usage error
     assert runner.invoke(main, ["--version"]).output.startswith("pipeline, version ")
 
 

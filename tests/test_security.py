@@ -54,7 +54,7 @@ def test_keys_and_columns_cannot_steer_a_write_outside_out(tmp_path: Path) -> No
     assert _snapshot(tmp_path, out) == before  # nothing appeared (or vanished) outside OUT
     assert not Path("/tmp/absolute").exists() and not (tmp_path / "escaped").exists()
     top = {p.name for p in out.iterdir()}
-    assert top <= {"catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "originals", "thumbs", ".tmp"}
+    assert top <= {"catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "originals", "thumbs", ".tmp", ".lock"}
     for path in out.rglob("*"):  # every name under OUT is ours: hex digests, sizes, extensions
         rel = path.relative_to(out)
         assert all(part.isascii() and ".." not in part for part in rel.parts), rel
