@@ -238,12 +238,15 @@ def test_memory_store_writes_whole_objects_under_content_names() -> None:
     rel = store.thumb_relpath(SHA, 256, "jpg")
     assert not store.exists(rel)
     with store.atomic_path(rel) as tmp:
-        assert tmp.suffix == ".jpg" and tmp.is_file()
+        assert tmp.is_file()  # an anonymous memory file (pass the format, there is no suffix)
         tmp.write_bytes(b"thumb")
-    assert not tmp.exists()  # the local temp file is gone once uploaded
+    assert not tmp.exists()  # the local file is gone once read for the upload
+    uploads = store.uploads()  # this thread's uploads still under way (None: all done already)
+    assert (uploads is None or uploads.result(timeout=10) is None) and store.uploads() is None
     assert store.exists(rel) and fs.cat_file(f"/pipeline-test/run/{rel}") == b"thumb"
     store.write_bytes(store.original_relpath(SHA, "png"), b"original")
     store.write_bytes(store.original_relpath(SHA, "png"), b"ignored: content-addressed, already there")
+    store.flush()
     assert fs.cat_file(f"/pipeline-test/run/originals/ab/{SHA}.png") == b"original"
     assert store.url_of(rel) == f"memory://pipeline-test/run/{rel}"
 
