@@ -33,6 +33,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -150,6 +151,11 @@ def bench_lock(path: Path | None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def catalog_ok(catalog: Path) -> int:
     with contextlib.closing(sqlite3.connect(catalog)) as db:
         return db.execute("SELECT count(*) FROM items WHERE status = 'ok'").fetchone()[0]
@@ -238,7 +244,9 @@ def run_once(
         str(args.procs),
         "-q",
     ]
+    server.reset_counts()
     with bench_lock(args.lock):
+        tree_cpu, server_cpu = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
         started = time.perf_counter()
         child = subprocess.Popen(command, env=env, start_new_session=True)
         try:
@@ -248,11 +256,16 @@ def run_once(
             child.wait()
             code = None
         wall = time.perf_counter() - started
+        tree_cpu = _cpu(resource.RUSAGE_CHILDREN) - tree_cpu
+        server_cpu = _cpu(resource.RUSAGE_SELF) - server_cpu
     result: dict[str, Any] = {
         "runner": runner,
         "wall_s": round(wall, 3),
         "exit": code,
         "requests": dict(server.counts),
+        # CPU per image of the run's process tree, and of this process (moto) meanwhile.
+        "tree_cpu_ms_per_image": round(tree_cpu / args.images * 1000, 2),
+        "server_cpu_ms_per_image": round(server_cpu / args.images * 1000, 2),
     }
     if runner == "local":
         catalog = work / "out" / "catalog.sqlite"
