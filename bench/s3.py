@@ -8,7 +8,7 @@ other pays the latency each time, one that keeps several in flight does not. The
 server (``MotoServer``) serves tests/test_remote_store.py, whose hooks hold requests to
 watch what a run does meanwhile.
 
-**The input.** ``--images`` (3,000) distinct JPEGs in a folder on /dev/shm: the photo-like
+**The input.** ``--images`` (2,000) distinct JPEGs in a folder on /dev/shm: the photo-like
 pool of the main bench (``bench/images.py``: 32 pictures, 640x480 to 4000x3000, mean
 1.3 MP, q85, ~260 KB), file ``i`` is picture ``i % 32`` with a COM segment naming ``i``, so
 every file has its own SHA-256 and so its own objects. Removed at the end.
@@ -21,8 +21,9 @@ repetition, each under ``flock /tmp/bench.lock`` (``--lock``) so no other benchm
 overlaps a timed run. The store is emptied (moto's reset) and the local outputs removed
 between runs. A run counts only if every image ended ``ok`` in its catalog and, for s3, the
 bucket holds exactly the objects the catalog names. images/s = images / wall time of the
-whole command, start-up included. Reported: each run, the medians, and the ratio
-local/s3 of the medians. Results: ``bench/results/s3-<UTC>.json``.
+whole command, start-up included. Reported: each run (with the CPU per image of its process
+tree and of this process, i.e. moto, meanwhile, and the requests the store saw), the
+medians, and the ratio local/s3 of the medians. Results: ``bench/results/s3-<UTC>.json``.
 """
 
 from __future__ import annotations
