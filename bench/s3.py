@@ -77,7 +77,7 @@ class MotoServer:
         self.counts: Counter[str] = Counter()
         self.inside = 0
         self.peak = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
@@ -99,6 +99,12 @@ class MotoServer:
         finally:
             with self._lock:
                 self.inside -= 1
+                self._lock.notify_all()
+
+    def wait_idle(self, timeout: float = 30) -> bool:
+        """Wait until no request is inside the server (e.g. released ones have been answered)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.inside == 0, timeout=timeout)
 
     def env(self) -> dict[str, str]:
         """The environment a client needs to reach this server (s3fs, boto3, pipeline's workers)."""

@@ -426,7 +426,8 @@ async def _one(
         if fetched.error_class is not None or body is None:
             return _Outcome(fetched, None, fetched.error_class, fetched.error_message)
         work = functools.partial(_process_timed, body, config.process, store)
-        (image, error_class, message), cpu_s, uploads = await asyncio.get_running_loop().run_in_executor(pool, work)
+        loop = asyncio.get_running_loop()
+        (image, error_class, message), cpu_s, uploads = await loop.run_in_executor(pool, work)
     finally:
         if body is not None:
             limit.processed(cpu_s, len(body))

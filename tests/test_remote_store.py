@@ -70,6 +70,7 @@ def s3(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     moto.reset_counts()
     yield fs
     moto.hook = None
+    moto.wait_idle()  # uploads a test held and released are answered before the bucket goes
     fs.invalidate_cache()
     fs.rm("bucket", recursive=True)
 
