@@ -40,6 +40,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -176,6 +177,11 @@ class Store:
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
+
+    def uploads(self) -> Future[None] | None:
+        """Writes of this thread still on their way: None here, a local write is in place when
+        it returns (an object store uploads in the background: ``FsspecStore.uploads``)."""
+        return None
 
     def clear_temp(self) -> int:
         """Remove leftovers of interrupted writes; returns how many entries were removed.

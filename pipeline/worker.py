@@ -31,7 +31,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -497,14 +497,18 @@ async def _one(
             if fetched.error_class is not None or body is None:
                 return _Outcome(fetched, None, fetched.error_class, fetched.error_message)
             work = functools.partial(_process_timed, body, config.process, store)
-            (image, error_class, message), cpu_s = await asyncio.get_running_loop().run_in_executor(pool, work)
-            return _Outcome(fetched, image, error_class, message)
+            loop = asyncio.get_running_loop()
+            (image, error_class, message), cpu_s, uploads = await loop.run_in_executor(pool, work)
         finally:
             if body is not None:
                 limit.processed(cpu_s, len(body))
     finally:
         if lease is not None:
             lease.close()
+    body = None
+    if uploads is not None:  # an object store uploads off the image thread: the row waits here
+        await asyncio.wrap_future(uploads)
+    return _Outcome(fetched, image, error_class, message)
 
 
 def _without_body(fetched: FetchResult) -> FetchResult:
@@ -513,14 +517,18 @@ def _without_body(fetched: FetchResult) -> FetchResult:
 
 def _process_timed(
     body: bytes, options: ProcessOptions, store: Store
-) -> tuple[tuple[ImageInfo | None, ErrorClass | None, str | None], float]:
-    """``_process`` and how long it took on its thread (admission sizes the backlog by it)."""
+) -> tuple[tuple[ImageInfo | None, ErrorClass | None, str | None], float, Future[None] | None]:
+    """``_process``, how long it took on its thread (admission sizes the backlog by it), and
+    its uploads still under way (a row is reported once its files are in place)."""
     started = time.perf_counter()
-    result = _process(body, options, store)
+    try:
+        result = _process(body, options, store)
+    finally:
+        uploads = store.uploads()  # this thread's writes: also after a failure, for the next image
     elapsed = time.perf_counter() - started
     del body  # the caller's reference goes when this returns; the decode's memory already went
     trim_now_and_then()
-    return result, elapsed
+    return result, elapsed, uploads
 
 
 def _process(
