@@ -113,7 +113,8 @@ def identity(spec: ManifestSpec) -> dict[str, object]:
         digest = hashlib.sha256()
         count = 0
         for rel, full in _walk_images(spec.path):
-            digest.update(f"{rel}\0{full.stat().st_size}\n".encode())
+            # surrogateescape: a file name that is not UTF-8 is a row to report, not a crash
+            digest.update(f"{rel}\0{full.stat().st_size}\n".encode("utf-8", "surrogateescape"))
             count += 1
         return {"path": str(spec.path), "kind": "dir", "files": count, "sha256": digest.hexdigest()}
     size = spec.path.stat().st_size
@@ -196,7 +197,7 @@ def make_row(
         bad = [spec.key_column] if _SURROGATE.search(key) else []
         bad += [name for name, value in extra.items() if _SURROGATE.search(name) or _SURROGATE.search(value)]
         if bad:
-            problem = f"column '{_clean(bad[0])}' is not valid UTF-8"
+            source, problem = "", f"column '{_clean(bad[0])}' is not valid UTF-8"
     extras = tuple((_clean(name), _clean(value)) for name, value in extra.items())
     return ManifestRow(row, line, _clean(key), _clean(text), source, extras, problem)
 

@@ -270,6 +270,21 @@ def test_cli_runs_a_hostile_manifest_of_every_format_to_the_end(
             assert r["error_class"] == "invalid" and r["error_message"].startswith("line ")
 
 
+@pytest.mark.timeout(120)
+def test_cli_folder_with_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "ok.jpg").write_bytes(jpeg(40, 30))
+    with open(bytes(folder) + b"/bad\xff.jpg", "wb") as f:  # a name from another encoding
+        f.write(jpeg(40, 30, seed=1))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(folder), "-o", str(out), "--procs", "1"])
+    assert "Traceback" not in result.output
+    assert result.exit_code == 0, result.output
+    got = {r["key"]: (r["status"], r["error_message"]) for r in _catalog(out)}
+    assert got == {"bad\ufffd.jpg": ("invalid", "line 1: url is not valid UTF-8"), "ok.jpg": ("ok", None)}
+
+
 # --- a manifest cut short: rows before the cut are committed, then exit 1 ----------------------
 
 
