@@ -22,6 +22,7 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit
@@ -192,18 +193,20 @@ def make_row(
     """
     text = (url or "").strip()
     key = (key or "").strip() or str(row)
+    extras = tuple(extra.items())
     source, problem = resolve_source(text, spec.root, spec.base)
+    if not _SURROGATE.search("".join((text, key, *chain.from_iterable(extras)))):  # one scan: the usual case
+        return ManifestRow(row, line, key, text, source, extras, problem)
     if problem is None:
-        bad = [spec.key_column] if _SURROGATE.search(key) else []
-        bad += [name for name, value in extra.items() if _SURROGATE.search(name) or _SURROGATE.search(value)]
-        if bad:
-            source, problem = "", f"column '{_clean(bad[0])}' is not valid UTF-8"
-    extras = tuple((_clean(name), _clean(value)) for name, value in extra.items())
+        columns = [(spec.key_column, key), *extras]
+        bad = next(name for name, value in columns if _SURROGATE.search(name) or _SURROGATE.search(value))
+        source, problem = "", f"column '{_clean(bad)}' is not valid UTF-8"
+    extras = tuple((_clean(name), _clean(value)) for name, value in extras)
     return ManifestRow(row, line, _clean(key), _clean(text), source, extras, problem)
 
 
 def _clean(text: str) -> str:
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def resolve_source(url: str, root: Path, base: Path | None = None) -> tuple[str, str | None]:
