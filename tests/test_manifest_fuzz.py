@@ -25,7 +25,7 @@ from pipeline.manifest import extra_columns, open_manifest, read_rows
 
 TEXT_KINDS = ["csv", "tsv", "txt", "jsonl"]
 KINDS = TEXT_KINDS + ["parquet"] + [f"{k}.gz" for k in TEXT_KINDS]
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 long_text = st.text(min_size=256, max_size=3000)
 cells = st.one_of(
