@@ -242,7 +242,9 @@ def _hostile(tmp_path: Path, server: HTTPServer, kind: str) -> tuple[Path, dict[
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["csv", "tsv", "txt", "jsonl", "parquet", "csv.gz", "jsonl.gz"])
+@pytest.mark.parametrize(
+    "kind", ["csv", "tsv", "txt", "jsonl", "parquet", "csv.gz", "tsv.gz", "txt.gz", "jsonl.gz"]
+)
 def test_cli_runs_a_hostile_manifest_of_every_format_to_the_end(
     tmp_path: Path, server: HTTPServer, kind: str
 ) -> None:
