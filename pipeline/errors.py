@@ -14,6 +14,8 @@ Two kinds of failure live here and they never mix:
     ├── CatalogError            the SQLite catalog is unusable (corrupt, newer schema)
     ├── StorageError            OUT cannot be written (disk full, read-only, permissions)
     ├── DedupError              nothing to deduplicate, or thumbnails to check are missing
+    ├── ManifestTruncated       the manifest cannot be read past line N (a cut .gz): raised
+    │                           after the rows before the cut are committed (exit 1)
     └── ItemError               one item failed; caught at the stage edge, never escapes a shard
         └── carries an ErrorClass
 
@@ -83,6 +85,21 @@ class StorageError(PipelineError):
 
 class DedupError(PipelineError):
     """``pipeline dedup`` cannot group this run: no processed images, or missing thumbnails."""
+
+
+class ManifestTruncated(PipelineError):
+    """The manifest stops being readable after ``line`` (a truncated or damaged compressed
+    stream, a damaged Parquet file). The reader raises it at the cut; ``run`` processes and
+    commits the rows before it, then raises it, so a rerun resumes and stops at the same place.
+    Not a ``UsageError``: the command was right, the file is damaged (exit 1, not 2)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message, line)
+        self.message = message
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ItemError(PipelineError):

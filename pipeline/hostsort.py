@@ -13,7 +13,8 @@ is in one or two shards, and a big host in at most as many shards as run at once
 
 ``group_by_host`` is an external merge sort, so memory stays at ``chunk_rows`` rows however
 large the manifest: sorted runs of ``chunk_rows`` rows go to temp files beside the output,
-then one ``heapq.merge`` pass writes the result. The key is the host with its labels
+then ``heapq.merge`` combines them, at most ``MERGE_FILES`` runs at a time (more passes when
+there are more runs), so the open files stay bounded however many chunks there are. The key is the host with its labels
 reversed (``com.example.img1``), so the subdomains of one site, often one server, sit
 together; rows keep their manifest order within a host. The output is JSONL with the
 manifest's own column names (the URL, the key, every extra column), so the run takes it
@@ -26,6 +27,7 @@ the order, so a sorted manifest is a new run, not a resume of the unsorted one.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import os
@@ -38,6 +40,10 @@ from urllib.parse import urlsplit
 from pipeline.errors import UsageError
 from pipeline.manifest import ManifestSpec, read_rows
 from pipeline.models import ManifestRow
+
+# Sorted runs open at once while merging: 10,000 chunks must not need 10,000 descriptors (a
+# `ulimit -n` of 1,024 is common). Each pass divides the runs by this; two passes cover 4,096.
+MERGE_FILES = 64
 
 
 def host_key(url: str) -> str:
@@ -63,16 +69,39 @@ def group_by_host(
             _write_run(chunk, Path(scratch) / f"run-{i}.txt")
             for i, chunk in enumerate(_chunks(spec, chunk_rows))
         ]
-        files = [path.open(encoding="utf-8") for path in runs]
-        try:
-            tmp = dest.with_name(f".{dest.name}.partial")
-            with tmp.open("w", encoding="utf-8") as out:
-                rows, hosts = _merge(files, out)
-            os.replace(tmp, dest)  # a half-written output never looks like a manifest
-        finally:
-            for f in files:
-                f.close()
+        passes = 0
+        while len(runs) > MERGE_FILES:  # merge groups of runs into longer runs until few are left
+            passes += 1
+            groups = [runs[i : i + MERGE_FILES] for i in range(0, len(runs), MERGE_FILES)]
+            runs = [
+                _merge_runs(group, Path(scratch) / f"pass-{passes}-{i}.txt") for i, group in enumerate(groups)
+            ]
+        tmp = dest.with_name(f".{dest.name}.partial")
+        with _opened(runs) as files, tmp.open("w", encoding="utf-8") as out:
+            rows, hosts = _merge(files, out)
+        os.replace(tmp, dest)  # a half-written output never looks like a manifest
     return rows, hosts
+
+
+@contextlib.contextmanager
+def _opened(paths: list[Path]) -> Iterator[list[IO[str]]]:
+    files: list[IO[str]] = []
+    try:
+        for path in paths:
+            files.append(path.open(encoding="utf-8"))
+        yield files
+    finally:
+        for f in files:
+            f.close()
+
+
+def _merge_runs(runs: list[Path], path: Path) -> Path:
+    """One longer sorted run from ``runs`` (whole lines, keys kept), which are then deleted."""
+    with _opened(runs) as files, path.open("w", encoding="utf-8") as out:
+        out.writelines(heapq.merge(*files))
+    for run in runs:
+        run.unlink()
+    return path
 
 
 def _chunks(spec: ManifestSpec, size: int) -> Iterator[list[str]]:

@@ -18,13 +18,16 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import re
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-from pipeline.errors import ManifestError
+from pipeline.errors import ManifestError, ManifestTruncated
 from pipeline.models import ManifestRow
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
@@ -40,6 +43,9 @@ _SUFFIX_KIND = {
 }
 # Long captions are normal in image-text manifests; the csv module's 128 KiB default is not.
 csv.field_size_limit(16 * 1024 * 1024)
+# A lone surrogate: a byte that was not UTF-8 (read with surrogateescape), or a JSON "\ud800"
+# escape. SQLite cannot store one, so every text of a row is cleaned of them (issue 11).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +114,8 @@ def identity(spec: ManifestSpec) -> dict[str, object]:
         digest = hashlib.sha256()
         count = 0
         for rel, full in _walk_images(spec.path):
-            digest.update(f"{rel}\0{full.stat().st_size}\n".encode())
+            # surrogateescape: a file name that is not UTF-8 is a row to report, not a crash
+            digest.update(f"{rel}\0{full.stat().st_size}\n".encode("utf-8", "surrogateescape"))
             count += 1
         return {"path": str(spec.path), "kind": "dir", "files": count, "sha256": digest.hexdigest()}
     size = spec.path.stat().st_size
@@ -142,7 +149,9 @@ def extra_columns(spec: ManifestSpec) -> tuple[str, ...]:
     """
     if spec.kind in ("csv", "tsv"):
         with _open_text(spec) as f:
-            header = _read_header(csv.reader(f, delimiter="," if spec.kind == "csv" else "\t"), spec)
+            header = _read_header(
+                csv.reader(_lines(f, spec), delimiter="," if spec.kind == "csv" else "\t"), spec
+            )
         return tuple(h for h in header if h not in (spec.url_column, spec.key_column))
     if spec.kind == "parquet":
         names = _parquet_file(spec).schema_arrow.names
@@ -177,12 +186,27 @@ def count_rows(spec: ManifestSpec) -> int:
 def make_row(
     spec: ManifestSpec, row: int, line: int, url: str | None, key: str | None, extra: dict[str, str]
 ) -> ManifestRow:
-    """Validate one URL and decide where its bytes come from."""
+    """Validate one URL and decide where its bytes come from.
+
+    Every text of the row is made storable: a row with bytes that are not UTF-8 anywhere is
+    ``invalid`` (naming the column), its bad bytes kept as U+FFFD for the catalog.
+    """
     text = (url or "").strip()
     key = (key or "").strip() or str(row)
     extras = tuple(extra.items())
     source, problem = resolve_source(text, spec.root, spec.base)
-    return ManifestRow(row, line, key, text, source, extras, problem)
+    if not _SURROGATE.search("".join((text, key, *chain.from_iterable(extras)))):  # one scan: the usual case
+        return ManifestRow(row, line, key, text, source, extras, problem)
+    if problem is None:
+        columns = [(spec.key_column, key), *extras]
+        bad = next(name for name, value in columns if _SURROGATE.search(name) or _SURROGATE.search(value))
+        source, problem = "", f"column '{_clean(bad)}' is not valid UTF-8"
+    extras = tuple((_clean(name), _clean(value)) for name, value in extras)
+    return ManifestRow(row, line, _clean(key), _clean(text), source, extras, problem)
+
+
+def _clean(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def resolve_source(url: str, root: Path, base: Path | None = None) -> tuple[str, str | None]:
@@ -192,7 +216,7 @@ def resolve_source(url: str, root: Path, base: Path | None = None) -> tuple[str,
     """
     if not url:
         return "", "empty url"
-    if any("\udc80" <= c <= "\udcff" for c in url):
+    if _SURROGATE.search(url):
         return "", "url is not valid UTF-8"
     if any(c in url for c in "\r\n\t\x00"):
         return "", "url contains control characters"
@@ -220,11 +244,19 @@ def resolve_source(url: str, root: Path, base: Path | None = None) -> tuple[str,
 
 def _local_source(path: Path, root: Path, base: Path) -> tuple[str, str | None]:
     # Resolving follows symlinks, so a link inside the root pointing outside is refused too.
-    full = (base / path).resolve()
-    if not full.is_relative_to(root):
-        return "", f"local path outside --local-root ({root})"
-    if not full.is_file():
-        return "", "no such local file"
+    # This runs in the parent's feed loop: a caption pasted into the url column (a "file
+    # name" over 255 bytes: ENAMETOOLONG) or a symlink loop must make the row invalid, not
+    # end the run (issue 11).
+    try:
+        full = (base / path).resolve()
+        if not full.is_relative_to(root):
+            return "", f"local path outside --local-root ({root})"
+        if not full.is_file():
+            return "", "no such local file"
+    except OSError as exc:
+        return "", f"not a usable local path: {exc.strerror or exc}"
+    except RuntimeError:  # pathlib's "Symlink loop from ..." (Python < 3.13)
+        return "", "not a usable local path: symlink loop"
     return str(full), None
 
 
@@ -238,10 +270,33 @@ def _open_text(spec: ManifestSpec) -> IO[str]:
     return spec.path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
+def _lines(f: Iterable[str], spec: ManifestSpec) -> Iterator[str]:
+    """``f``'s lines; a stream that breaks off (a cut or damaged .gz, a read error) raises
+    ``ManifestTruncated`` after the last whole line, so the rows before it still run. A file
+    that is not gzip at all is a ``ManifestError`` (nothing was read)."""
+    line = 0
+    try:
+        for text in f:
+            yield text
+            line += 1
+    except EOFError as exc:  # gzip: "Compressed file ended before the end-of-stream marker"
+        raise ManifestTruncated(
+            f"manifest {spec.path.name} is truncated after line {line} (compressed stream ended early)", line
+        ) from exc
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        if line == 0:
+            raise ManifestError(f"cannot read {spec.path.name}: {exc}") from exc
+        raise ManifestTruncated(
+            f"manifest {spec.path.name} cannot be read after line {line} ({exc})", line
+        ) from exc
+
+
 def _read_delimited(spec: ManifestSpec) -> Iterator[ManifestRow]:
     delimiter = "," if spec.kind == "csv" else "\t"
     with _open_text(spec) as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        # strict: a quote left open at the end of the file is an error ("unexpected end of
+        # data": the row is invalid), not a field that silently swallowed the rest of the file.
+        reader = csv.reader(_lines(f, spec), delimiter=delimiter, strict=True)
         header = _read_header(reader, spec)
         url_at = header.index(spec.url_column)
         key_at = header.index(spec.key_column) if spec.key_column in header else None
@@ -286,7 +341,7 @@ def _read_header(reader: Iterator[list[str]], spec: ManifestSpec) -> list[str]:
 def _read_text(spec: ManifestSpec) -> Iterator[ManifestRow]:
     with _open_text(spec) as f:
         row = 0
-        for line_no, line in enumerate(f, start=1):
+        for line_no, line in enumerate(_lines(f, spec), start=1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
@@ -297,7 +352,7 @@ def _read_text(spec: ManifestSpec) -> Iterator[ManifestRow]:
 def _read_jsonl(spec: ManifestSpec) -> Iterator[ManifestRow]:
     with _open_text(spec) as f:
         row = 0
-        for line_no, line in enumerate(f, start=1):
+        for line_no, line in enumerate(_lines(f, spec), start=1):
             if not line.strip():
                 continue
             yield _jsonl_row(spec, row, line_no, line)
@@ -307,14 +362,19 @@ def _read_jsonl(spec: ManifestSpec) -> Iterator[ManifestRow]:
 def _jsonl_row(spec: ManifestSpec, row: int, line_no: int, line: str) -> ManifestRow:
     try:
         obj = json.loads(line)
-    except (json.JSONDecodeError, UnicodeEncodeError) as exc:
-        return ManifestRow(row, line_no, str(row), "", "", (), f"malformed JSON: {exc}")
+    except ValueError as exc:  # JSONDecodeError, and "Exceeds the limit (4300 digits)" for a huge int
+        return ManifestRow(row, line_no, str(row), "", "", (), f"malformed JSON: {_short(str(exc))}")
+    except RecursionError:  # [[[[… nested deeper than the interpreter's stack
+        return ManifestRow(row, line_no, str(row), "", "", (), "malformed JSON: nested too deeply")
     if not isinstance(obj, dict):
         return ManifestRow(row, line_no, str(row), "", "", (), "malformed row: not a JSON object")
     url = obj.pop(spec.url_column, None)
     key = obj.pop(spec.key_column, None)
     if url is not None and not isinstance(url, str):
-        return ManifestRow(row, line_no, str(row), "", "", (), f"'{spec.url_column}' is not a string")
+        kind = type(url).__name__
+        return ManifestRow(
+            row, line_no, str(row), "", "", (), f"'{_clean(spec.url_column)}' is not a string ({kind})"
+        )
     extra = {k: v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}
     return make_row(spec, row, line_no, url, None if key is None else str(key), extra)
 
@@ -326,7 +386,10 @@ def _parquet_file(spec: ManifestSpec):  # type: ignore[no-untyped-def]
         raise ManifestError("Parquet manifests need pyarrow: pip install 'pipeline[parquet]'") from None
     if spec.gzipped:
         raise ManifestError("a Parquet file is compressed inside; do not gzip it")
-    return pq.ParquetFile(spec.path)
+    try:
+        return pq.ParquetFile(spec.path)
+    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        raise ManifestError(f"cannot read {spec.path.name} as Parquet: {exc}") from exc
 
 
 def _read_parquet(spec: ManifestSpec) -> Iterator[ManifestRow]:
@@ -334,13 +397,40 @@ def _read_parquet(spec: ManifestSpec) -> Iterator[ManifestRow]:
     if spec.url_column not in pf.schema_arrow.names:
         raise ManifestError(f"{spec.path.name} has no '{spec.url_column}' column")
     row = 0
-    for batch in pf.iter_batches(batch_size=4096):  # streams: one batch in memory at a time
-        for record in batch.to_pylist():
+    batches = pf.iter_batches(batch_size=4096)  # streams: one batch in memory at a time
+    while True:
+        try:
+            batch = next(batches, None)
+            records = batch.to_pylist() if batch is not None else None
+        except (OSError, ValueError, OverflowError) as exc:  # a damaged page; a date out of range
+            raise ManifestTruncated(
+                f"manifest {spec.path.name} cannot be read after row {row} ({exc})", row
+            ) from exc
+        if records is None:
+            return
+        for record in records:
             url = record.pop(spec.url_column, None)
             key = record.pop(spec.key_column, None)
-            extra = {k: "" if v is None else str(v) for k, v in record.items()}
-            yield make_row(spec, row, row + 1, url, None if key is None else str(key), extra)
+            extra = {k: "" if v is None else _parquet_text(v) for k, v in record.items()}
+            if url is not None and not isinstance(url, (str, bytes)):
+                reason = f"'{spec.url_column}' is not a string ({type(url).__name__})"
+                yield ManifestRow(row, row + 1, str(row), "", "", (), reason)
+            else:
+                text = None if url is None else _parquet_text(url)
+                yield make_row(spec, row, row + 1, text, None if key is None else _parquet_text(key), extra)
             row += 1
+
+
+def _parquet_text(value: object) -> str:
+    """A cell as text: a binary cell holding UTF-8 is that text (bytes that are not UTF-8 come
+    out as surrogates, which ``make_row`` reports); anything else its ``str``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="surrogateescape")
+    return value if isinstance(value, str) else str(value)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _walk_images(top: Path) -> Iterator[tuple[str, Path]]:
@@ -356,4 +446,3 @@ def _walk_images(top: Path) -> Iterator[tuple[str, Path]]:
 def _read_dir(spec: ManifestSpec) -> Iterator[ManifestRow]:
     for row, (rel, _full) in enumerate(_walk_images(spec.path)):
         yield make_row(spec, row, row + 1, rel, rel, {})
-

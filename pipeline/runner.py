@@ -16,14 +16,14 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
-from pipeline.errors import PipelineError, ResumeRefused, StorageError, UsageError
+from pipeline.errors import ManifestTruncated, PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.executors import LocalExecutor, RowExecutor
 from pipeline.limits import fit_open_files
 from pipeline.manifest import (
@@ -35,7 +35,7 @@ from pipeline.manifest import (
     open_manifest,
     read_rows,
 )  # fmt: skip
-from pipeline.models import ItemResult, Shard, ShardDone, Status
+from pipeline.models import ItemResult, ManifestRow, Shard, ShardDone, Status
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.schedule import ShardTracker, batch_size, batches
 from pipeline.shards import iter_shards, keep_rows
@@ -205,7 +205,8 @@ def _run_locked(
         extras = extra_columns(spec)
         tracker = ShardTracker(config.shard_size)
         commits = _Commits(catalog, tracker, extras, progress, on_progress)
-        work = _batches(_todo(catalog, spec, config, progress, whole), tracker, commits, config.procs)
+        cut = _Cut()
+        work = _batches(_todo(catalog, spec, config, progress, whole, cut), tracker, commits, config.procs, cut)
         executor = executor or LocalExecutor(config.procs)
         finished = executor.run(work, config)
         try:
@@ -227,6 +228,8 @@ def _run_locked(
             if hasattr(finished, "close"):
                 finished.close()
             store.clear_temp()
+        if cut.error is not None:
+            raise cut.error  # the rows before the cut are committed; the rerun resumes after them
         return _summary(catalog, config, progress)
 
 
@@ -361,15 +364,31 @@ class _WholeManifest:
             catalog.set_meta(self.META, self._digest)
 
 
+@dataclass(slots=True)
+class _Cut:
+    """Where the manifest stopped being readable, if it did (a truncated .gz). The rows read
+    before the cut still run and are committed; then the run raises this error. The shard
+    the cut falls in gets no done mark (its rows after the cut were never seen)."""
+
+    error: ManifestTruncated | None = None
+
+
+def _until_cut(rows: Iterable[ManifestRow], cut: _Cut) -> Iterator[ManifestRow]:
+    try:
+        yield from rows
+    except ManifestTruncated as exc:
+        cut.error = exc
+
+
 def _todo(
-    catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Progress, whole: _WholeManifest
+    catalog: Catalog, spec: ManifestSpec, config: RunConfig, progress: Progress, whole: _WholeManifest, cut: _Cut
 ) -> Iterator[Shard]:
     """The shards this invocation must run, streamed; records the total once it is known."""
     done = catalog.done_shards()
     started = catalog.started_shards()  # killed mid-shard: run only the rows not committed
     failed = catalog.shards_with_failures() if config.retry_failed else set()
     total = mine = 0
-    for shard in iter_shards(read_rows(spec), config.shard_size):
+    for shard in iter_shards(_until_cut(read_rows(spec), cut), config.shard_size):
         total += 1
         # Static partitioning: the same deterministic ids on every machine, so each takes
         # its residue class and none overlaps (every partition still reads the manifest).
@@ -388,6 +407,8 @@ def _todo(
         else:
             progress.shards_skipped += 1
     whole.check(catalog, wait=True)  # the shard count marks the run complete: not on a changed manifest
+    if cut.error is not None:
+        return  # a manifest cut short has no known total: the run is not complete
     catalog.set_meta("total_shards", mine)
     if config.partition is not None:
         catalog.set_meta("manifest_shards", total)  # what the merged catalog will expect
@@ -399,14 +420,21 @@ COMMIT_EVERY_S = 0.5
 COMMIT_ROWS = 2000
 
 
-def _batches(shards: Iterator[Shard], tracker: ShardTracker, commits: _Commits, procs: int) -> Iterator[Shard]:
+def _batches(
+    shards: Iterator[Shard], tracker: ShardTracker, commits: _Commits, procs: int, cut: _Cut
+) -> Iterator[Shard]:
     """The shards to run, as the batches workers receive; invalid rows are recorded here,
     in the parent (there is nothing to fetch)."""
     for shard in shards:
+        # The stream is pulled one shard at a time, so a cut already seen means this is the
+        # last shard, the one the cut fell in: its rows run, but it is never marked done.
+        whole = cut.error is None
         if not shard.rows:  # a resumed shard with every row committed but no done mark
-            commits.add_done(ShardDone(shard.shard_id))
+            if whole:
+                commits.add_done(ShardDone(shard.shard_id))
             continue
-        tracker.expect(shard)
+        if whole:
+            tracker.expect(shard)
         commits.add([invalid_item(r) for r in shard.rows if r.invalid is not None])
         valid = [r for r in shard.rows if r.invalid is None]
         yield from batches(valid, shard.shard_id, batch_size(len(valid), procs))

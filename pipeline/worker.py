@@ -580,6 +580,12 @@ def _read_local(path: str, max_bytes: int) -> FetchResult:
 def _status(error_class: ErrorClass | None) -> Status:
     if error_class is None:
         return Status.OK
+    if error_class is ErrorClass.INVALID:
+        # One rule (README, "status"): the class `invalid` is always the status `invalid`,
+        # the row's URL or local path is unusable, whether the manifest reader saw it ("no such
+        # local file") or the worker did (the file vanished, is a directory, cannot be read;
+        # a URL aiohttp refuses).
+        return Status.INVALID
     if error_class is ErrorClass.OPTED_OUT:
         return Status.OPTED_OUT
     return Status.FAILED
