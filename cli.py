@@ -4,8 +4,10 @@ This is the only module that imports click. Library errors become a one-line
 ``Error: …`` and an exit code here, in one place:
 
   0    done
-  1    internal error (a bug: please report it with the traceback from --debug)
-  2    usage error, unreadable manifest, or a refused resume
+  1    internal error (a bug: please report it with the traceback from --debug), OUT
+       cannot be written, or the manifest is cut short (rows before the cut are committed)
+  2    usage error, unreadable manifest, a refused resume, OUT in use by another run, or
+       workers that die while starting (run() from a script without the __main__ guard)
   3    done, but the failure rate is above --max-failure-rate (run), or partitions are
        missing or unfinished (merge)
   130  interrupted (Ctrl-C); rerun the same command to resume
