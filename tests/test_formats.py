@@ -387,7 +387,7 @@ def test_cli_formats_narrows_the_allowlist(tmp_path: Path) -> None:
     (folder / "a.avif").write_bytes(avif(coffee()))
     (folder / "b.heic").write_bytes(heic(coffee()))
     (folder / "c.jpg").write_bytes(encode(coffee(), "JPEG"))
-    found = run_folder(folder, tmp_path / "out", "--formats", "jpg,heic")
+    found = run_folder(folder, tmp_path / "out", "--formats", "heic,jpg")
     assert (found["c.jpg"]["status"], found["b.heic"]["status"]) == ("ok", "ok")
     row = found["a.avif"]
     assert (row["status"], row["error_class"]) == ("failed", "not_image")
@@ -407,3 +407,22 @@ def test_formats_changes_the_fingerprint() -> None:
     narrowed = RunConfig(out="x", process=dataclasses.replace(ProcessOptions(), formats=("JPEG",)))
     assert narrowed.fingerprint_options()["formats"] == ["JPEG"]
     assert RunConfig(out="x").fingerprint_options()["formats"] == list(DEFAULT_FORMATS)
+
+
+@pytest.mark.slow
+def test_a_run_made_before_avif_resumes_only_with_its_formats(tmp_path: Path) -> None:
+    # Adding AVIF and HEIF to the defaults changes results, so a run started with the older
+    # default list does not silently resume with the new one; --formats gives the old list.
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    (folder / "a.avif").write_bytes(avif(coffee()))
+    old_default = "mpo,jpeg,png,gif,webp,bmp,tiff"  # any order: stored in the default's order
+    found = run_folder(folder, out, "--formats", old_default)
+    assert found["a.avif"]["error_class"] == "not_image"
+    with sqlite3.connect(out / "catalog.sqlite") as db:
+        (stored,) = db.execute("SELECT value FROM meta WHERE name = 'fingerprint'").fetchone()
+    assert json.loads(stored)["options"]["formats"] == ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"]
+    refused = CliRunner().invoke(main, ["run", str(folder), "--out", str(out), "--procs", "1", "-q"])
+    assert refused.exit_code == 2 and "options.formats" in refused.output, refused.output
+    resumed = CliRunner().invoke(main, ["run", str(folder), "--out", str(out), "--procs", "1", "-q", "--formats", old_default])
+    assert resumed.exit_code == 0, resumed.output
