@@ -424,3 +424,29 @@ def test_a_run_made_before_avif_resumes_only_with_its_formats(tmp_path: Path) ->
     assert refused.exit_code == 2 and "options.formats" in refused.output, refused.output
     resumed = CliRunner().invoke(main, ["run", str(folder), "--out", str(out), "--procs", "1", "-q", "--formats", old_default])
     assert resumed.exit_code == 0, resumed.output
+
+
+@pytest.mark.slow
+def test_avif_and_heic_urls_from_a_server(tmp_path: Path, server) -> None:
+    bodies = {
+        "a.avif": (avif(coffee()), "image/avif"),
+        "b.heic": (heic(chelsea(), exif=exif_orientation(6)), "image/heic"),
+        "c": (avif(with_hole(chelsea())), "application/octet-stream"),  # no extension, no type: the bytes decide
+    }
+    for name, (body, mime) in bodies.items():
+        server.expect_request(f"/{name}").respond_with_data(body, content_type=mime)
+    manifest = tmp_path / "urls.txt"
+    manifest.write_text("".join(server.url_for(f"/{name}") + "\n" for name in bodies))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["run", str(manifest), "--out", str(out), "--procs", "1", "-q", "--allow-private", "--thumb-format", "avif"]
+    )
+    assert result.exit_code == 0, result.output
+    found = rows(out)
+    assert {name: (r["status"], r["format"], r["mime"]) for name, r in found.items()} == {
+        "a.avif": ("ok", "AVIF", "image/avif"),
+        "b.heic": ("ok", "HEIF", "image/heic"),
+        "c": ("ok", "AVIF", "application/octet-stream"),
+    }
+    assert (found["b.heic"]["width"], found["b.heic"]["height"]) == (300, 451)
+    assert thumb(out, found["c"]).mode == "RGBA"
