@@ -392,6 +392,15 @@ def test_cli_formats_narrows_the_allowlist(tmp_path: Path) -> None:
     assert row["error_message"] == "AVIF image; format not allowed (allowed: JPEG, HEIF)"
 
 
+def test_jpeg_xl_is_refused_by_name(tmp_path: Path) -> None:
+    # Not decoded (README, "Formats"): the row says what it is.
+    codestream = b"\xff\x0a" + bytes(range(64))
+    with pytest.raises(ItemError) as info:
+        process_image(codestream, options=ProcessOptions(), store=Store(tmp_path))
+    assert info.value.error_class is ErrorClass.NOT_IMAGE
+    assert info.value.message.startswith("JPEG XL image; format not allowed (allowed: JPEG, PNG")
+
+
 def test_cli_formats_rejects_unknown_names(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     result = CliRunner().invoke(main, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--formats", "jpeg,jp2x"])
