@@ -55,7 +55,7 @@ from pipeline.store import Store
 try:
     import pillow_heif
 except ImportError:
-    pillow_heif = None
+    pass  # the heif extra is not installed
 else:
     pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
@@ -687,8 +687,8 @@ def _write_thumbnail(
     if fmt in ("jpeg", "webp", "avif"):
         params["quality"] = options.thumb_quality
     if fmt == "avif":
-        # libavif's defaults, pinned so the bytes behind a name do not depend on the machine
-        # (max_threads defaults to every core): one thread, as each worker owns a core.
+        # speed: Pillow's default, pinned (a file's name stands for its bytes); one thread, as
+        # every worker process already has a core (Pillow's default is every core).
         params.update(speed=6, max_threads=1)
     with store.atomic_path(rel) as tmp:
         # Straight into a file: Pillow releases the GIL only when encoding to a real file.
