@@ -35,6 +35,7 @@ from pipeline import __version__
 from pipeline.catalog import Catalog, locate
 from pipeline.config import CSV_NAME as DUPLICATES_CSV
 from pipeline.config import (
+    DEFAULT_FORMATS,
     DEFAULT_USER_AGENT,
     KEEP,
     THUMB_FORMATS,
@@ -130,6 +131,21 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
         raise click.BadParameter("give sizes as whole numbers, e.g. 256,1024") from None
 
 
+_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
+
+
+def _formats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    """``--formats jpeg,png,heic``: a subset of the default allowlist (it only narrows)."""
+    names = [_FORMAT_ALIASES.get(v, v) for v in (v.strip().upper() for v in value.split(",")) if v]
+    for name in names:
+        if name not in DEFAULT_FORMATS:
+            raise click.BadParameter(f"unknown format {name!r}; choose from {', '.join(DEFAULT_FORMATS)}")
+    if not names:
+        raise click.BadParameter("give at least one format, e.g. jpeg,png,webp")
+    # In the default's order, whatever the order given: the list is part of the run's fingerprint.
+    return tuple(f for f in DEFAULT_FORMATS if f in names)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="pipeline")
 def main() -> None:
@@ -168,7 +184,8 @@ def main() -> None:
 @click.option("--sizes", default="256", show_default=True, callback=_sizes, help="Thumbnail sizes (longest side), comma-separated.")
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True, help="--no-thumbnails: only download, SHA-256 and keep originals; no decode, no dHash/pHash.")
 @click.option("--thumb-format", type=click.Choice(THUMB_FORMATS), default=_P.thumb_format, show_default=True, help="Thumbnail encoding.")
-@click.option("--thumb-quality", type=int, default=_P.thumb_quality, show_default=True, help="JPEG/WebP quality of thumbnails.")
+@click.option("--thumb-quality", type=int, default=_P.thumb_quality, show_default=True, help="JPEG/WebP/AVIF quality of thumbnails.")
+@click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, callback=_formats, help="Image formats decoded, comma-separated; others fail as not_image (HEIF needs pip install 'pipeline[heif]').")
 @click.option("--keep-originals/--no-keep-originals", default=True, show_default=True, help="Store the downloaded files too.")
 @click.option("--max-pixels", type=int, default=_P.max_pixels, show_default=True, help="Larger images fail as too_many_pixels.")
 @click.option("--url-column", default="url", show_default=True, help="Manifest column holding the URL.")

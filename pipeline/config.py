@@ -21,8 +21,11 @@ DEFAULT_USER_AGENT = (
 
 # Formats Pillow may open. Anything else is `not_image`, even if Pillow has a plugin for it:
 # every extra decoder is extra attack surface (e.g. EPS shells out to Ghostscript).
-DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
-THUMB_FORMATS = ("jpeg", "webp", "png")
+# AVIF: Pillow's own plugin (libavif). HEIF (HEIC): only when the `heif` extra (pillow-heif) is
+# installed; without it such a row fails as not_image, naming the extra (pipeline/process.py).
+DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "AVIF", "HEIF")
+THUMB_FORMATS = ("jpeg", "webp", "png", "avif")
+_LOSSY_THUMB_FORMATS = ("jpeg", "webp", "avif")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -111,17 +114,17 @@ class ProcessOptions:
 
     @property
     def thumb_ext(self) -> str:
-        return {"jpeg": "jpg", "webp": "webp", "png": "png"}[self.thumb_format]
+        return {"jpeg": "jpg", "webp": "webp", "png": "png", "avif": "avif"}[self.thumb_format]
 
     @property
     def thumb_variant(self) -> str:
         """What else than size and format (the folder, the extension) changes a thumbnail's
-        bytes, as a tag in its stored name: ``q85`` for JPEG/WebP, ``""`` for PNG (lossless).
+        bytes, as a tag in its stored name: ``q85`` for JPEG/WebP/AVIF, ``""`` for PNG (lossless).
 
         Files are never rewritten (a name is its content), so an option missing here would
         make ``--force --thumb-quality 30`` keep the old files: add every new one that
         changes the encoded bytes."""
-        return f"q{self.thumb_quality}" if self.thumb_format in ("jpeg", "webp") else ""
+        return f"q{self.thumb_quality}" if self.thumb_format in _LOSSY_THUMB_FORMATS else ""
 
 
 def default_procs() -> int:

@@ -30,7 +30,9 @@ from urllib.parse import unquote, urlsplit
 from pipeline.errors import ManifestError, ManifestTruncated
 from pipeline.models import ManifestRow
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
 KINDS = ("csv", "tsv", "txt", "jsonl", "parquet", "dir")
 _SUFFIX_KIND = {
     ".csv": "csv",

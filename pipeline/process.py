@@ -45,6 +45,20 @@ from pipeline.errors import ErrorClass, ItemError
 from pipeline.models import ImageInfo, Thumbnail
 from pipeline.store import Store
 
+# HEIC/HEIF (iPhone photos) decode through the optional `heif` extra, pillow-heif, registered
+# here (the only Pillow importer) when it is installed. Without it a HEIF row fails as
+# not_image with the command that installs it (``_EXTRAS``). thumbnails=False: decode the image
+# itself, never a small preview embedded in the file (its own encode, often lower quality);
+# depth and auxiliary images are never used. AVIF needs nothing: Pillow >= 11.3 decodes it.
+# JPEG XL is not supported: pillow-jxl-plugin 1.3.8 decodes every pixel inside Image.open,
+# before the size can be checked (a 10 KB file held 137 MB), so the pixel limit cannot hold.
+try:
+    import pillow_heif
+except ImportError:
+    pass  # the heif extra is not installed
+else:
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 # Hashes are computed from the chain step whose longest side is this: within ~0.3 bits of
 # hashing the full image on average, ~40x cheaper (measured), and independent of the
 # thumbnail format. If every requested size is smaller, the largest one is used.
@@ -75,8 +89,12 @@ _ORIGINAL_EXT = {
     "WEBP": "webp",
     "BMP": "bmp",
     "TIFF": "tif",
+    "AVIF": "avif",
+    "HEIF": "heic",
 }
-_SAVE_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
+_SAVE_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG", "avif": "AVIF"}
+# Formats whose decoder comes with an extra: a row of one when it is missing says what to install.
+_EXTRAS = {"HEIF": "heif"}
 
 # What Pillow raises for bad data. Anything else (TypeError, KeyError...) is our bug or
 # Pillow's and must surface as INTERNAL rather than hide among bad images.
@@ -260,7 +278,7 @@ def _open(data: bytes, options: ProcessOptions) -> tuple[ImageFile.ImageFile, st
     try:
         im = Image.open(BytesIO(data), formats=_known_formats(options.formats))
     except UnidentifiedImageError as exc:
-        raise _unidentified(data, options.formats) from exc
+        raise _unidentified(data, options.formats, options.max_pixels) from exc
     except _BOMB as exc:
         raise ItemError(ErrorClass.TOO_MANY_PIXELS, str(exc)) from exc
     except _DECODE_ERRORS as exc:
@@ -412,13 +430,24 @@ def _to_8bit_gray(im: Image.Image) -> Image.Image:
 # -- failures --------------------------------------------------------------------------------
 
 
-def _unidentified(data: bytes, formats: tuple[str, ...]) -> ItemError:
+def _unidentified(data: bytes, formats: tuple[str, ...], max_pixels: int) -> ItemError:
     sniffed, description = _sniff(data)
     if sniffed is None:
         return ItemError(ErrorClass.NOT_IMAGE, description)
     if not _format_allowed(sniffed, formats):
         return ItemError(ErrorClass.NOT_IMAGE, f"{description}; format not allowed ({_allowed(formats)})")
-    # The magic says an allowed image format but no decoder accepts the header.
+    if sniffed in _EXTRAS and sniffed not in _known_formats(formats):
+        return ItemError(
+            ErrorClass.NOT_IMAGE, f"{description}; no decoder installed: pip install 'pipeline[{_EXTRAS[sniffed]}]'"
+        )
+    # The magic says an allowed image format but no decoder accepts the header. libavif
+    # refuses sizes over its own limit (16384 x 16384) that way: still a pixel bomb.
+    declared = _declared_size(data) if sniffed in ("AVIF", "HEIF") else None
+    if declared is not None and declared[0] * declared[1] > max_pixels:
+        try:
+            _check_pixels(declared, max_pixels)
+        except ItemError as exc:
+            return exc
     if _looks_truncated(sniffed, data):
         return ItemError(
             ErrorClass.TRUNCATED, f"{sniffed} file cut short before its header ends ({len(data)} bytes)"
@@ -447,7 +476,42 @@ def _looks_truncated(fmt: str, data: bytes) -> bool:
         return struct.unpack("<I", data[4:8])[0] + 8 > len(data)  # RIFF size
     if fmt == "BMP" and len(data) >= 6:
         return struct.unpack("<I", data[2:6])[0] > len(data)  # bfSize
+    if fmt in ("AVIF", "HEIF"):
+        return _boxes_cut_short(data)
     return False
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """The largest image size an AVIF/HEIF file declares (its 'ispe' properties), unchecked.
+
+    Only for the error message of a file no decoder opened; a grid image declares its tiles'
+    sizes and its own, so the largest is the picture's.
+    """
+    best: tuple[int, int] | None = None
+    at = data.find(b"ispe", 4, 1 << 16)
+    while at != -1 and at + 16 <= len(data):
+        size = (int.from_bytes(data[at + 8 : at + 12], "big"), int.from_bytes(data[at + 12 : at + 16], "big"))
+        if best is None or size[0] * size[1] > best[0] * best[1]:
+            best = size
+        at = data.find(b"ispe", at + 4, 1 << 16)
+    return best
+
+
+def _boxes_cut_short(data: bytes) -> bool:
+    """Whether the top-level ISO-BMFF boxes (ftyp, meta, mdat...) declare more bytes than there are."""
+    at = 0
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        if size == 1:  # a 64-bit size follows the type
+            if at + 16 > len(data):
+                return True
+            size = int.from_bytes(data[at + 8 : at + 16], "big")
+        elif size == 0:  # the last box runs to the end of the file
+            return False
+        if size < 8:
+            return False  # not a box structure: nothing to say
+        at += size
+    return at != len(data)  # past the end, or a box header cut in the middle
 
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -475,12 +539,7 @@ def _sniff(data: bytes) -> tuple[str | None, str]:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP", "WEBP image"
     if data[4:8] == b"ftyp":
-        brand = data[8:12]
-        if brand in (b"avif", b"avis"):
-            return "AVIF", "AVIF image"
-        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
-            return "HEIF", "HEIF image"
-        return None, "ISO media file (video?), not an image"
+        return _sniff_iso_media(data)
     for magic, fmt in _MAGIC:
         if data.startswith(magic):
             return fmt, f"{fmt} image"
@@ -488,6 +547,29 @@ def _sniff(data: bytes) -> tuple[str | None, str]:
         if data.startswith(magic):
             return None, what
     return None, _describe_text(data)
+
+
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+# HEVC-coded HEIF (HEIC) brands, then the generic HEIF image/sequence brands (mif1, msf1) that
+# AVIF files carry too: the compatible brands decide between them.
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_HEIF_BRANDS = frozenset({b"mif1", b"msf1"})
+
+
+def _sniff_iso_media(data: bytes) -> tuple[str | None, str]:
+    """AVIF, HEIF or other ISO media (MP4, MOV...) from the ftyp box's major and compatible brands."""
+    major = data[8:12]
+    box_end = min(int.from_bytes(data[:4], "big"), len(data), 1024)
+    compatible = {data[i : i + 4] for i in range(16, box_end - 3, 4)}
+    if major in _AVIF_BRANDS:
+        return "AVIF", "AVIF image"
+    if major in _HEIC_BRANDS:
+        return "HEIF", "HEIF image"
+    if compatible & _AVIF_BRANDS:
+        return "AVIF", "AVIF image"
+    if major in _HEIF_BRANDS or compatible & (_HEIC_BRANDS | _HEIF_BRANDS):
+        return "HEIF", "HEIF image"
+    return None, "ISO media file (video?), not an image"
 
 
 def _describe_text(data: bytes) -> str:
@@ -602,8 +684,12 @@ def _write_thumbnail(
     icc = _icc_for(decoded.mode, out.mode, decoded.icc_profile)
     if icc is not None:
         params["icc_profile"] = icc  # no colour management here: keep the pixels' meaning
-    if fmt in ("jpeg", "webp"):
+    if fmt in ("jpeg", "webp", "avif"):
         params["quality"] = options.thumb_quality
+    if fmt == "avif":
+        # speed: Pillow's default, pinned (a file's name stands for its bytes); one thread, as
+        # every worker process already has a core (Pillow's default is every core).
+        params.update(speed=6, max_threads=1)
     with store.atomic_path(rel) as tmp:
         # Straight into a file: Pillow releases the GIL only when encoding to a real file.
         out.save(tmp, format=_SAVE_FORMAT[fmt], **params)

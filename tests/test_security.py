@@ -98,7 +98,7 @@ def test_only_allowed_formats_are_decoded_and_the_pixel_limit_applies(tmp_path: 
     got = {k: (s, e, m) for k, s, e, m in db.execute("SELECT key, status, error_class, error_message FROM items")}
     for name in ("pcx", "ico", "eps", "tga"):
         assert got[name][:2] == ("failed", "not_image"), got[name]
-    assert got["ico"][2] == "ICO image; format not allowed (allowed: JPEG, PNG, GIF, WEBP, BMP, TIFF, MPO)"
+    assert got["ico"][2] == "ICO image; format not allowed (allowed: JPEG, PNG, GIF, WEBP, BMP, TIFF, MPO, AVIF, HEIF)"
     assert got["small"][:2] == ("failed", "too_many_pixels")
     assert got["small"][2] == "200x100 = 20000 pixels, over the limit of 10000"
     assert got["tiny"][:2] == ("ok", None)
