@@ -37,6 +37,7 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -650,7 +651,7 @@ def _make_thumbnails(
 
 # Where a point (u, v) of the displayed image, in 0..1, lies in the stored one, per EXIF
 # orientation (the inverse of ``_TRANSPOSE``).
-_STORED_POINT: dict[int, object] = {
+_STORED_POINT: dict[int, Callable[[float, float], tuple[float, float]]] = {
     1: lambda u, v: (u, v),
     2: lambda u, v: (1 - u, v),
     3: lambda u, v: (1 - u, 1 - v),
@@ -681,7 +682,7 @@ def _take(
     raw_size = size
     if orientation != 1:
         point = _STORED_POINT[orientation]
-        (a, b), (c, d) = point(u0, v0), point(u1, v1)  # type: ignore[operator]
+        (a, b), (c, d) = point(u0, v0), point(u1, v1)
         u0, v0, u1, v1 = min(a, c), min(b, d), max(a, c), max(b, d)
         if orientation in _SWAPS_AXES:
             raw_size = (size[1], size[0])
@@ -719,7 +720,8 @@ def _pad(im: Image.Image, canvas: tuple[int, int], color: str) -> Image.Image:
     else:
         mode, fill = "RGB", (r, g, b)
     padded = Image.new(mode, canvas, fill)
-    padded.paste(im if im.mode == mode else im.convert(mode), ((canvas[0] - im.width) // 2, (canvas[1] - im.height) // 2))
+    offset = ((canvas[0] - im.width) // 2, (canvas[1] - im.height) // 2)
+    padded.paste(im if im.mode == mode else im.convert(mode), offset)
     return padded
 
 

@@ -146,7 +146,7 @@ def test_cover_fills_the_box_exactly_with_its_centre(runs: dict[str, Path]) -> N
             assert thumb.size == box, (name, size)
             # ImageOps.fit: the centred crop of the box's aspect ratio, resized (float box).
             # 45-50 dB here; wide.jpg's 200x120 needs a 1/2 draft, not the 1/8 its longest
-            # side alone would pick (a crop 50 px high, enlarged: ~25 dB).
+            # side alone would pick (a crop 50 px high, enlarged; that draft fails this bar).
             assert psnr(thumb, ImageOps.fit(ref, box, LANCZOS)) >= 40, (name, size)
 
 
@@ -357,6 +357,21 @@ def test_every_exif_orientation_before_the_geometry(tmp_path: Path, orientation:
         expected = ImageOps.fit(ref, box, LANCZOS) if fit == "cover" else _pad(ref, box, (0, 0, 0))
         assert got.size == box
         assert psnr(got, expected) >= 36, (orientation, box)
+
+
+def test_the_draft_is_planned_on_the_displayed_image(tmp_path: Path) -> None:
+    """Stored 2200x400, shown 400x2200 (EXIF 6): cover 160x96 needs 0.4 of the width shown,
+    a 1/2 draft. Planned on the stored shape it would need 96/400 = 0.24 and take 1/4: a
+    100 px wide decode enlarged to 160."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = io.BytesIO()
+    _wide().save(data, "JPEG", quality=95, exif=exif.tobytes())
+    options = ProcessOptions(sizes=("160x96",), fit="cover", thumb_format="png", keep_originals=False)
+    info = process_image(data.getvalue(), options=options, store=Store(tmp_path))
+    with Image.open(tmp_path / info.thumbnails[0].path) as im:
+        got = im.convert("RGB")
+    assert psnr(got, ImageOps.fit(_reference_bytes(data.getvalue()), (160, 96), LANCZOS)) >= 40
 
 
 def _pad(im: Image.Image, box: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
