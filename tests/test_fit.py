@@ -55,6 +55,7 @@ def _wide() -> Image.Image:
 def _write_folder(folder: Path) -> None:
     folder.mkdir()
     _sample("rocket").save(folder / "land.jpg", quality=95)  # 640x427
+    _sample("rocket").save(folder / "land-q70.jpg", quality=70)  # a near duplicate, for dedup
     _sample("astronaut").crop((106, 0, 406, 512)).save(folder / "port.jpg", quality=95)  # 300x512
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 451x300, shown 300x451 (a phone held upright)
@@ -295,6 +296,19 @@ def test_resume_with_another_fit_is_refused_then_forced(tmp_path: Path, runs: di
     assert all((out / p).is_file() for p in before | after)  # nothing overwritten
     refused = _invoke(str(runs["folder"]), "--out", str(out), "--sizes", "200x120", "--fit", "pad", "--upscale")
     assert refused.exit_code == 2 and "options.upscale" in refused.output
+
+
+def test_export_and_dedup_read_box_sizes(runs: dict[str, Path]) -> None:
+    exported = CliRunner().invoke(main, ["export", str(runs["cover"]), "--format", "jsonl"])
+    assert exported.exit_code == 0, exported.output
+    records = [json.loads(line) for line in exported.output.splitlines()]
+    assert [c for c in records[0] if c.startswith("thumb_")] == ["thumb_200x120", "thumb_256"]
+    assert all(r["thumb_200x120"].startswith("thumbs/200x120-cover/") for r in records)
+    # The thumbnail check (near pairs: land.jpg and land-q70.jpg) picks the smallest by pixels.
+    deduped = CliRunner().invoke(main, ["dedup", str(runs["cover"]), "--report", str(runs["cover"] / "d.html")])
+    assert deduped.exit_code == 0, deduped.output
+    assert "1 groups, 1 duplicates (0 exact)" in deduped.output
+    assert "thumbs/200x120-cover/" in (runs["cover"] / "d.html").read_text()
 
 
 # -- usage errors ----------------------------------------------------------------------------
