@@ -595,12 +595,15 @@ def _plan(width: int, height: int, size: int | str, options: ProcessOptions) -> 
         return _Step(size, rect, content, None, max(content[0] / crop_w, content[1] / crop_h))
     content = fit_box(width, height, box, upscale=options.upscale)
     canvas = box if options.fit == "pad" else None
-    return _Step(size, None, content, canvas, max(content[0] / width, content[1] / height))
+    # The exact scale, not the rounded content's: the JPEG draft chosen for it (ceil of it
+    # in both sides) still holds the content, and a longest side drafts as it always did.
+    scale = min(box[0] / width, box[1] / height)
+    return _Step(size, None, content, canvas, scale if options.upscale else min(1.0, scale))
 
 
 def _hash_plan(width: int, height: int, sizes: tuple[int | str, ...]) -> _Step:
-    content = fit_size(width, height, _hash_step(sizes))
-    return _Step(None, None, content, None, max(content[0] / width, content[1] / height))
+    side = _hash_step(sizes)
+    return _Step(None, None, fit_size(width, height, side), None, min(1.0, side / max(width, height)))
 
 
 def _draft_scale(im: Image.Image, fmt: str, options: ProcessOptions) -> float:
