@@ -37,11 +37,13 @@ from pipeline.config import CSV_NAME as DUPLICATES_CSV
 from pipeline.config import (
     DEFAULT_FORMATS,
     DEFAULT_USER_AGENT,
+    FITS,
     KEEP,
     THUMB_FORMATS,
     DedupOptions,
     FetchOptions,
     ProcessOptions,
+    parse_size,
 )
 from pipeline.config import JSON_NAME as DUPLICATES_JSON
 from pipeline.errors import PipelineError, UsageError
@@ -124,11 +126,11 @@ def _second_interrupt_exits() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
-def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int | str, ...]:
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter("give sizes as whole numbers, e.g. 256,1024") from None
+        return tuple(parse_size(v) for v in value.split(",") if v.strip())
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 _FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
@@ -181,7 +183,10 @@ def main() -> None:
 @click.option("--allow-private", is_flag=True, help="Also connect to loopback, private, link-local and other non-public addresses.")
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST", help="Host (name or IP) exempt from the private-address guard; repeatable.")
 @click.option("--insecure-host", "insecure_hosts", multiple=True, metavar="HOST", help="Host whose TLS certificate is not verified; repeatable.")
-@click.option("--sizes", default="256", show_default=True, callback=_sizes, help="Thumbnail sizes (longest side), comma-separated.")
+@click.option("--sizes", default="256", show_default=True, callback=_sizes, help="Thumbnail sizes, comma-separated: a longest side (256) or a box WxH (512x384).")
+@click.option("--fit", type=click.Choice(FITS), default=_P.fit, show_default=True, help="How an image meets its box: contain (fits inside, ratio kept), cover (fills it, centre cropped), pad (fits inside, the rest filled with --pad-color). A longest side N is the box NxN.")
+@click.option("--pad-color", default=_P.pad_color, show_default=True, help="Border colour for --fit pad: #rrggbb, #rrggbbaa, a name (white, gray...), or transparent (PNG/WebP).")
+@click.option("--upscale", is_flag=True, help="Enlarge images smaller than the box. [default: never; see README]")
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True, help="--no-thumbnails: only download, SHA-256 and keep originals; no decode, no dHash/pHash.")
 @click.option("--thumb-format", type=click.Choice(THUMB_FORMATS), default=_P.thumb_format, show_default=True, help="Thumbnail encoding.")
 @click.option("--thumb-quality", type=int, default=_P.thumb_quality, show_default=True, help="JPEG/WebP/AVIF quality of thumbnails.")

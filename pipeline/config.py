@@ -26,11 +26,95 @@ DEFAULT_USER_AGENT = (
 DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "AVIF", "HEIF")
 THUMB_FORMATS = ("jpeg", "webp", "png", "avif")
 _LOSSY_THUMB_FORMATS = ("jpeg", "webp", "avif")
+NO_ALPHA_FORMATS = ("jpeg",)  # thumbnail formats without an alpha channel
+# How a thumbnail meets its box: ``contain`` fits inside keeping the ratio (the only way
+# before issue 12), ``cover`` fills it and crops the centre, ``pad`` fits inside and fills
+# the rest with ``pad_color`` (letterbox).
+FITS = ("contain", "cover", "pad")
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UsageError(message)
+
+
+# -- thumbnail sizes and pad colours (parsed here, without Pillow, so bad ones are usage errors) --
+
+_SIZE_RANGE = (8, 16384)
+
+
+def parse_size(value: object) -> int | str:
+    """One thumbnail size: ``256`` (a longest side: the box 256x256) or ``"512x384"``.
+
+    Returned as an int for a square box (``"256x256"`` is ``256``: the same thumbnails, the
+    same name) and as ``"WxH"`` otherwise. ``UsageError`` for anything else.
+    """
+    if isinstance(value, tuple | list) and len(value) == 2:
+        value = f"{value[0]}x{value[1]}"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise UsageError(f"--sizes: {value!r} is not a size; give a longest side or WxH, e.g. 256,512x384")
+    parts = str(value).strip().lower().split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--sizes: {str(value).strip()!r} is not a size; give a longest side or WxH, e.g. 256,512x384")
+    sides = [int(p) for p in parts]
+    low, high = _SIZE_RANGE
+    _require(all(low <= n <= high for n in sides), f"--sizes must be between {low} and {high}")
+    if len(sides) == 1 or sides[0] == sides[1]:
+        return sides[0]
+    return f"{sides[0]}x{sides[1]}"
+
+
+def size_box(size: int | str) -> tuple[int, int]:
+    """(width, height) of the box of a parsed size: ``256`` → (256, 256)."""
+    if isinstance(size, int):
+        return size, size
+    width, height = size.split("x")
+    return int(width), int(height)
+
+
+def size_order(size: int | str) -> tuple[int, int, int]:
+    """Sort key, smallest first: longest side, then area, then width."""
+    width, height = size_box(size)
+    return max(width, height), width * height, width
+
+
+_COLOURS = {
+    "black": "000000", "white": "ffffff", "gray": "808080", "grey": "808080",
+    "silver": "c0c0c0", "red": "ff0000", "green": "008000", "lime": "00ff00",
+    "blue": "0000ff", "yellow": "ffff00", "cyan": "00ffff", "magenta": "ff00ff",
+    "transparent": "transparent",
+}  # fmt: skip
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_color(text: str) -> str:
+    """A pad colour as its tag: ``rrggbb``, ``rrggbbaa`` (not opaque) or ``transparent``.
+
+    Accepts ``#rgb``, ``#rrggbb``, ``#rrggbbaa`` (the ``#`` optional) and a few names
+    (black, white, gray, ...; ``transparent``).
+    """
+    value = text.strip().lower()
+    if value in _COLOURS:
+        return _COLOURS[value]
+    digits = value.removeprefix("#")
+    if set(digits) <= _HEX and len(digits) in (3, 6, 8):
+        if len(digits) == 3:
+            digits = "".join(c * 2 for c in digits)
+        if digits == "00000000":
+            return "transparent"
+        return digits[:6] if digits[6:] == "ff" else digits
+    raise UsageError(
+        f"--pad-color: {text!r} is not a colour; give #rrggbb, #rrggbbaa or one of {', '.join(_COLOURS)}"
+    )
+
+
+def color_rgba(tag: str) -> tuple[int, int, int, int]:
+    """(r, g, b, a) of a ``parse_color`` tag."""
+    if tag == "transparent":
+        return 0, 0, 0, 0
+    digits = tag if len(tag) == 8 else tag + "ff"
+    r, g, b, a = (int(digits[i : i + 2], 16) for i in range(0, 8, 2))
+    return r, g, b, a
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +175,9 @@ class FetchOptions:
 
 @dataclass(frozen=True, slots=True)
 class ProcessOptions:
-    sizes: tuple[int, ...] = (256,)  # longest side of each thumbnail, largest first
+    # Each thumbnail's box, largest first: an int is a longest side (the box NxN), "WxH"
+    # a box of another ratio (``parse_size``). ``fit`` says how the image meets the box.
+    sizes: tuple[int | str, ...] = (256,)
     # False: download, SHA-256 and keep the original only; no decode, thumbnails or dHash/pHash.
     thumbnails: bool = True
     thumb_format: str = "jpeg"
@@ -99,15 +185,26 @@ class ProcessOptions:
     keep_originals: bool = True
     max_pixels: int = 89_478_485  # Pillow's own default bomb limit (~ 9459 x 9459)
     formats: tuple[str, ...] = DEFAULT_FORMATS
+    fit: str = "contain"  # one of FITS
+    pad_color: str = "black"  # for fit="pad": a name or hex (``parse_color``); stored as its tag
+    upscale: bool = False  # enlarge images smaller than the box (else never: see README)
 
     def __post_init__(self) -> None:
-        _require(len(self.sizes) >= 1, "--sizes needs at least one size")
-        _require(all(8 <= s <= 16384 for s in self.sizes), "--sizes must be between 8 and 16384")
-        _require(len(set(self.sizes)) == len(self.sizes), "--sizes must not repeat")
-        object.__setattr__(self, "sizes", tuple(sorted(self.sizes, reverse=True)))
+        sizes = tuple(parse_size(s) for s in self.sizes)
+        _require(len(sizes) >= 1, "--sizes needs at least one size")
+        _require(len(set(sizes)) == len(sizes), "--sizes must not repeat")
+        object.__setattr__(self, "sizes", tuple(sorted(sizes, key=size_order, reverse=True)))
         fmt = self.thumb_format.lower()
         _require(fmt in THUMB_FORMATS, f"--thumb-format must be one of {', '.join(THUMB_FORMATS)}")
         object.__setattr__(self, "thumb_format", fmt)
+        _require(self.fit in FITS, f"--fit must be one of {', '.join(FITS)}")
+        color = parse_color(self.pad_color)
+        object.__setattr__(self, "pad_color", color)
+        _require(
+            self.fit != "pad" or color_rgba(color)[3] == 255 or fmt not in NO_ALPHA_FORMATS,
+            f"--pad-color {self.pad_color} needs a thumbnail format with alpha (not {fmt}): "
+            "e.g. --thumb-format png or webp",
+        )
         _require(1 <= self.thumb_quality <= 100, "--thumb-quality must be between 1 and 100")
         _require(self.max_pixels >= 1, "--max-pixels must be at least 1")
         object.__setattr__(self, "formats", tuple(f.upper() for f in self.formats))
@@ -119,12 +216,23 @@ class ProcessOptions:
     @property
     def thumb_variant(self) -> str:
         """What else than size and format (the folder, the extension) changes a thumbnail's
-        bytes, as a tag in its stored name: ``q85`` for JPEG/WebP/AVIF, ``""`` for PNG (lossless).
+        bytes, as a tag in its stored name: ``q85`` for JPEG/WebP/AVIF, ``""`` for PNG (lossless);
+        before it ``cover`` or ``pad-<colour>`` (``contain``, the default, adds nothing) and
+        ``up`` for ``upscale``: ``cover-up-q85``, ``pad-ffffff-q85``, ``pad-transparent``.
 
         Files are never rewritten (a name is its content), so an option missing here would
         make ``--force --thumb-quality 30`` keep the old files: add every new one that
-        changes the encoded bytes."""
-        return f"q{self.thumb_quality}" if self.thumb_format in _LOSSY_THUMB_FORMATS else ""
+        changes the encoded bytes. Today's options keep today's tags (an OUT resumes)."""
+        parts = []
+        if self.fit == "cover":
+            parts.append("cover")
+        elif self.fit == "pad":
+            parts += ["pad", self.pad_color]
+        if self.upscale:
+            parts.append("up")
+        if self.thumb_format in _LOSSY_THUMB_FORMATS:
+            parts.append(f"q{self.thumb_quality}")
+        return "-".join(parts)
 
 
 def default_procs() -> int:
@@ -189,6 +297,10 @@ class RunConfig:
             "keep_originals": self.process.keep_originals,
             "max_pixels": self.process.max_pixels,
             "formats": list(self.process.formats),
+            # Null for the defaults, as older catalogs (no entry) read: they still resume.
+            "fit": None if self.process.fit == "contain" else self.process.fit,
+            "pad_color": self.process.pad_color if self.process.fit == "pad" else None,
+            "upscale": self.process.upscale or None,
             "max_bytes": self.fetch.max_bytes,
             "respect_opt_out": self.fetch.respect_opt_out,
             # Servers answer (and opt out) per agent. The default names the version: null, so

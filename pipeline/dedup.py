@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -428,8 +429,13 @@ def _thumb_paths(catalog: Catalog, rows: np.ndarray) -> dict[int, str | None]:
     for row in rows.tolist():
         (thumbs,) = catalog.db.execute("SELECT thumbnails FROM items WHERE row = ?", (row,)).fetchone()
         listed = json.loads(thumbs) if thumbs else []
-        paths[row] = min(listed, key=lambda t: t["size"])["path"] if listed else None
+        paths[row] = min(listed, key=_pixels)["path"] if listed else None
     return paths
+
+
+def _pixels(thumb: dict[str, Any]) -> int:
+    # By pixels, not by "size": a size may be a box ("512x384") beside a longest side (256).
+    return int(thumb["width"]) * int(thumb["height"])
 
 
 def _load_verdicts(catalog: Catalog) -> dict[tuple[str, str], float]:

@@ -52,7 +52,7 @@ def _groups(catalog: Catalog, out: Path, page_dir: Path) -> list[dict[str, Any]]
             current = r["group_id"]
             groups.append({"id": current, "m": []})
         thumbs = json.loads(r["thumbnails"]) if r["thumbnails"] else []
-        thumb = min(thumbs, key=lambda t: t["size"])["path"] if thumbs else None
+        thumb = min(thumbs, key=lambda t: t["width"] * t["height"])["path"] if thumbs else None
         groups[-1]["m"].append({
             "k": r["key"], "w": r["width"], "h": r["height"], "f": r["format"], "b": r["bytes"],
             "d": r["distance"], "x": r["kind"], "r": int(r["is_rep"]),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.catalog import ITEM_COLUMNS, Catalog, locate
+from pipeline.config import size_order
 from pipeline.errors import UsageError
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -56,7 +57,7 @@ def export_columns(catalog: Catalog) -> list[str]:
     fingerprint = catalog.get_meta("fingerprint") or {}
     sizes = fingerprint.get("options", {}).get("sizes", [])
     fixed = [c for c in ITEM_COLUMNS if c not in _INTERNAL]
-    thumbs = [f"thumb_{s}" for s in sorted(sizes)]
+    thumbs = [f"thumb_{s}" for s in sorted(sizes, key=size_order)]  # 256, "512x384", ...
     extras = [_extra_name(c, fixed) for c in catalog.get_meta("extra_columns") or []]
     return fixed + thumbs + extras
 

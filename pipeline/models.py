@@ -50,7 +50,7 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class Thumbnail:
-    size: int  # the requested longest side
+    size: int | str  # as requested: a longest side (256) or a box ("512x384")
     width: int
     height: int
     path: str  # relative to OUT, content-addressed

@@ -9,12 +9,15 @@ Per image, in order (each step is a small function below):
 
 1. SHA-256 of the bytes; open with the allowlisted decoders only; refuse over-size images
    from the header, before any pixel is allocated.
-2. JPEG: ``draft`` to the smallest DCT scale still >= the largest output, so libjpeg
-   decodes at 1/2, 1/4 or 1/8 size; decode once.
+2. JPEG: ``draft`` to the smallest DCT scale still >= the largest scale any output needs
+   (for ``cover`` the box's short side decides), so libjpeg decodes at 1/2, 1/4 or 1/8
+   size; decode once.
 3. Normalise the mode (CMYK → RGB, palette → RGB/RGBA, 16-bit → 8-bit scaled, ...).
-4. One resize chain, largest first, each step from the previous one (BICUBIC with
-   ``reducing_gap=2.0``). The EXIF orientation is applied to the first reduced image, not
-   the full one: same pixels as ``ImageOps.exif_transpose`` + ``thumbnail``, far cheaper.
+4. One resize chain, largest scale first, each step from the previous whole image (BICUBIC
+   with ``reducing_gap=2.0``); ``cover`` resizes its centre crop (a float box, as
+   ``ImageOps.fit``) from it, ``pad`` centres the fitted image on its box. The geometry is
+   planned on the image as displayed; the EXIF orientation is applied to the first reduced
+   image, not the full one: same pixels as ``ImageOps.exif_transpose`` first, far cheaper.
 5. Each requested size is encoded straight into a store temp file (not a BytesIO: Pillow
    holds the GIL for in-memory encodes). Content-addressed targets that exist are skipped.
 6. dHash/pHash from the <= 256 px step (see ``HASH_SIZE``), then the original is kept.
@@ -34,13 +37,14 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from pipeline.config import ProcessOptions
+from pipeline.config import ProcessOptions, color_rgba, size_box
 from pipeline.errors import ErrorClass, ItemError
 from pipeline.models import ImageInfo, Thumbnail
 from pipeline.store import Store
@@ -308,10 +312,9 @@ def _load(im: ImageFile.ImageFile, fmt: str, options: ProcessOptions) -> _Decode
     # Counted before load: counting seeks through frames, and seeking back after load
     # would throw away the decoded first frame.
     n_frames = int(getattr(im, "n_frames", 1))
-    largest = max(max(options.sizes), 1)
     draft_box = None
-    if max(full_w, full_h) > largest:
-        scale = largest / max(full_w, full_h)
+    scale = _draft_scale(im, fmt, options)
+    if scale < 1:
         box = (max(1, math.ceil(full_w * scale)), max(1, math.ceil(full_h * scale)))
         result = im.draft(im.mode, box)  # no-op (None) for anything but JPEG
         if result is not None:
@@ -605,62 +608,206 @@ def fit_size(width: int, height: int, size: int) -> tuple[int, int]:
 
     Same rounding as Pillow's ``Image.thumbnail((size, size))``.
     """
-    if width <= size and height <= size:
+    return fit_box(width, height, (size, size))
+
+
+def fit_box(width: int, height: int, box: tuple[int, int], *, upscale: bool = False) -> tuple[int, int]:
+    """(w, h) inside ``box``, aspect kept; unchanged if already inside, unless ``upscale``.
+
+    Same rounding as Pillow's ``Image.thumbnail(box)`` (which never enlarges).
+    """
+    box_w, box_h = box
+    if width <= box_w and height <= box_h and not upscale:
         return width, height
     aspect = width / height
-    if aspect <= 1:
-        candidates = (math.floor(size * aspect), math.ceil(size * aspect))
-        w = max(min(candidates, key=lambda n: abs(aspect - n / size)), 1)
-        return w, size
-    candidates = (math.floor(size / aspect), math.ceil(size / aspect))
-    h = max(min(candidates, key=lambda n: 0 if n == 0 else abs(aspect - size / n)), 1)
-    return size, h
+    if box_w / box_h >= aspect:
+        candidates = (math.floor(box_h * aspect), math.ceil(box_h * aspect))
+        w = max(min(candidates, key=lambda n: abs(aspect - n / box_h)), 1)
+        return w, box_h
+    candidates = (math.floor(box_w / aspect), math.ceil(box_w / aspect))
+    h = max(min(candidates, key=lambda n: 0 if n == 0 else abs(aspect - box_w / n)), 1)
+    return box_w, h
 
 
-def _hash_step(sizes: tuple[int, ...]) -> int:
-    return min(HASH_SIZE, max(sizes))
+def _hash_step(sizes: tuple[int | str, ...]) -> int:
+    # A box counts by its longest side: `--sizes 256x192 --fit cover` hashes the same 256
+    # px whole image as `--sizes 256`; the hash never sees a crop or a border.
+    return min(HASH_SIZE, max(max(size_box(s)) for s in sizes))
 
 
-def _chain(sizes: tuple[int, ...]) -> tuple[int, ...]:
-    """Resize steps, largest first: the requested sizes plus the hash step."""
-    return tuple(sorted(set(sizes) | {_hash_step(sizes)}, reverse=True))
+_Rect = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One output of the resize chain, planned on the image as displayed (oriented)."""
+
+    size: int | str | None  # as requested; None: the hash step
+    rect: _Rect | None  # the part of the displayed image shown (cover's crop); None: all of it
+    content: tuple[int, int]  # that part is resized to this
+    canvas: tuple[int, int] | None  # pad: the box the content is centred in
+    scale: float  # output pixels per displayed pixel: the chain runs largest first
+
+
+def _plan(width: int, height: int, size: int | str, options: ProcessOptions) -> _Step:
+    """Where ``size`` comes from and what it becomes, for an image shown ``width`` x ``height``.
+
+    Without ``upscale`` nothing is enlarged: ``contain`` keeps a small image's size,
+    ``cover`` cuts the box's aspect ratio from it at native scale, ``pad`` centres it
+    unscaled on the exact box.
+    """
+    box = size_box(size)
+    if options.fit == "cover":
+        # ImageOps.fit's crop (bleed 0, centred): the largest centred part of the box's ratio.
+        ratio = box[0] / box[1]
+        if width / height == ratio:
+            crop_w, crop_h = float(width), float(height)
+        elif width / height > ratio:
+            crop_w, crop_h = ratio * height, float(height)
+        else:
+            crop_w, crop_h = float(width), width / ratio
+        left, top = (width - crop_w) / 2, (height - crop_h) / 2
+        rect: _Rect | None = (left, top, left + crop_w, top + crop_h)
+        if (crop_w, crop_h) == (width, height):
+            rect = None
+        if options.upscale or box[0] <= crop_w:
+            content = box
+        else:
+            content = (max(1, round(crop_w)), max(1, round(crop_h)))
+        return _Step(size, rect, content, None, max(content[0] / crop_w, content[1] / crop_h))
+    content = fit_box(width, height, box, upscale=options.upscale)
+    canvas = box if options.fit == "pad" else None
+    # The exact scale, not the rounded content's: the JPEG draft chosen for it (ceil of it
+    # in both sides) still holds the content, and a longest side drafts as it always did.
+    scale = min(box[0] / width, box[1] / height)
+    return _Step(size, None, content, canvas, scale if options.upscale else min(1.0, scale))
+
+
+def _hash_plan(width: int, height: int, sizes: tuple[int | str, ...]) -> _Step:
+    side = _hash_step(sizes)
+    return _Step(None, None, fit_size(width, height, side), None, min(1.0, side / max(width, height)))
+
+
+def _draft_scale(im: Image.Image, fmt: str, options: ProcessOptions) -> float:
+    """The largest scale any output needs (>= 1: decode in full).
+
+    Planned on the displayed image, so the orientation is read from the header first; only
+    JPEG has a draft, and only its header is read for it (PNG's getexif would decode).
+    """
+    width, height = im.size
+    if fmt in ("JPEG", "MPO"):
+        shapes = [(height, width) if _orientation(im) in _SWAPS_AXES else (width, height)]
+    else:
+        shapes = [(width, height), (height, width)]
+    return max(
+        step.scale
+        for w, h in shapes
+        for step in (*(_plan(w, h, s, options) for s in options.sizes), _hash_plan(w, h, options.sizes))
+    )
 
 
 def _make_thumbnails(
     decoded: _Decoded, sha: str, *, options: ProcessOptions, store: Store
 ) -> tuple[tuple[Thumbnail, ...], Image.Image]:
     """Run the resize chain, write requested sizes; return them and the hash source."""
-    hash_step = _hash_step(options.sizes)
+    width, height = decoded.width, decoded.height
+    steps = [_plan(width, height, s, options) for s in options.sizes]
+    chain = sorted([*steps, _hash_plan(width, height, options.sizes)], key=lambda s: -s.scale)
     current = decoded.image
-    box = decoded.draft_box
-    oriented = decoded.orientation == 1
-    thumbnails: list[Thumbnail] = []
+    # The part of ``current`` that is the whole image (a JPEG draft decodes a few pixels more).
+    source: _Rect = decoded.draft_box or (0.0, 0.0, float(current.width), float(current.height))
+    orientation = decoded.orientation
+    written: dict[int | str, Thumbnail] = {}
     hash_source = current
-    for step in _chain(options.sizes):
-        target = fit_size(decoded.width, decoded.height, step)
-        if not oriented:
-            # Reduce in stored orientation first, then rotate the small image.
-            raw_target = (target[1], target[0]) if decoded.orientation in _SWAPS_AXES else target
-            current = _resize(current, raw_target, box).transpose(_TRANSPOSE[decoded.orientation])
-            oriented = True
-        else:
-            current = _resize(current, target, box)
-        box = None
-        if step == hash_step:
-            hash_source = _flatten_on_white(current)
-        if step in options.sizes:
-            thumbnails.append(_write_thumbnail(current, step, sha, decoded, options=options, store=store))
-    return tuple(thumbnails), hash_source
+    for step in chain:
+        out = _take(current, source, orientation, (width, height), step.rect, step.content)
+        if step.rect is None and step.scale <= 1:
+            # The whole image, reduced: later (smaller) steps start from it. Never from an
+            # enlarged one (softer than the pixels it came from).
+            current, source, orientation = out, (0.0, 0.0, float(out.width), float(out.height)), 1
+        if step.size is None:
+            hash_source = _flatten_on_white(out)
+            continue
+        if step.canvas is not None:
+            out = _pad(out, step.canvas, options.pad_color)
+        written[step.size] = _write_thumbnail(out, step.size, sha, decoded, options=options, store=store)
+    return tuple(written[s] for s in options.sizes), hash_source
 
 
-def _resize(
-    im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None
+# Where a point (u, v) of the displayed image, in 0..1, lies in the stored one, per EXIF
+# orientation (the inverse of ``_TRANSPOSE``).
+_STORED_POINT: dict[int, Callable[[float, float], tuple[float, float]]] = {
+    1: lambda u, v: (u, v),
+    2: lambda u, v: (1 - u, v),
+    3: lambda u, v: (1 - u, 1 - v),
+    4: lambda u, v: (u, 1 - v),
+    5: lambda u, v: (v, u),
+    6: lambda u, v: (v, 1 - u),
+    7: lambda u, v: (1 - v, 1 - u),
+    8: lambda u, v: (1 - v, u),
+}
+
+
+def _take(
+    current: Image.Image,
+    source: _Rect,
+    orientation: int,
+    shown: tuple[int, int],
+    rect: _Rect | None,
+    size: tuple[int, int],
 ) -> Image.Image:
-    if im.size == size and box is None:
-        return im
+    """``rect`` of the displayed image (None: all of it) from ``current``, resized to ``size``.
+
+    ``current`` holds the image in ``source`` (its pixels), stored ``orientation`` (1: as
+    displayed); the result is always as displayed.
+    """
+    u0, v0, u1, v1 = (0.0, 0.0, 1.0, 1.0) if rect is None else (
+        rect[0] / shown[0], rect[1] / shown[1], rect[2] / shown[0], rect[3] / shown[1]
+    )  # fmt: skip
+    raw_size = size
+    if orientation != 1:
+        point = _STORED_POINT[orientation]
+        (a, b), (c, d) = point(u0, v0), point(u1, v1)
+        u0, v0, u1, v1 = min(a, c), min(b, d), max(a, c), max(b, d)
+        if orientation in _SWAPS_AXES:
+            raw_size = (size[1], size[0])
+    x0, y0, x1, y1 = source
+    box = (x0 + u0 * (x1 - x0), y0 + v0 * (y1 - y0), x0 + u1 * (x1 - x0), y0 + v1 * (y1 - y0))
+    out = _resize(current, raw_size, box)
+    return out if orientation == 1 else out.transpose(_TRANSPOSE[orientation])
+
+
+def _resize(im: Image.Image, size: tuple[int, int], box: _Rect) -> Image.Image:
+    if box == (0, 0, im.width, im.height):
+        if im.size == size:
+            return im
+        # The whole image: as a resize without a box (same pixels, the same path as before).
+        return im.resize(size, _RESAMPLE, reducing_gap=_REDUCING_GAP)
+    if all(float(v).is_integer() for v in box) and (box[2] - box[0], box[3] - box[1]) == size:
+        return im.crop(tuple(int(v) for v in box))  # native scale: a plain crop, not a resample
     # ``box``: a JPEG draft decodes to ceil(W / scale) pixels of which W / scale are
-    # image; resizing from that exact box keeps the geometry of a full decode.
+    # image; resizing from that exact box keeps the geometry of a full decode. A cover's
+    # crop is such a float box too (as ImageOps.fit), never rounded to whole pixels.
     return im.resize(size, _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
+
+
+def _pad(im: Image.Image, canvas: tuple[int, int], color: str) -> Image.Image:
+    """``im`` centred on ``canvas`` filled with ``color`` (the odd pixel goes right/bottom).
+
+    An image with alpha keeps it (JPEG flattens it on white later, the border stays
+    ``color``); a transparent colour makes the thumbnail RGBA.
+    """
+    r, g, b, a = color_rgba(color)
+    if a < 255 or im.mode == "RGBA":
+        mode, fill = "RGBA", (r, g, b, a)
+    elif im.mode == "L" and r == g == b:
+        mode, fill = "L", r
+    else:
+        mode, fill = "RGB", (r, g, b)
+    padded = Image.new(mode, canvas, fill)
+    offset = ((canvas[0] - im.width) // 2, (canvas[1] - im.height) // 2)
+    padded.paste(im if im.mode == mode else im.convert(mode), offset)
+    return padded
 
 
 def _flatten_on_white(im: Image.Image) -> Image.Image:
@@ -672,7 +819,7 @@ def _flatten_on_white(im: Image.Image) -> Image.Image:
 
 
 def _write_thumbnail(
-    im: Image.Image, size: int, sha: str, decoded: _Decoded, *, options: ProcessOptions, store: Store
+    im: Image.Image, size: int | str, sha: str, decoded: _Decoded, *, options: ProcessOptions, store: Store
 ) -> Thumbnail:
     rel = store.thumb_relpath(sha, size, options.thumb_ext, variant=options.thumb_variant)
     thumbnail = Thumbnail(size=size, width=im.width, height=im.height, path=rel)

@@ -1,10 +1,11 @@
 """Content-addressed file store under OUT: the only module that writes image files.
 
-Layout (every name derives from a SHA-256 hex digest and an int, never from a URL or from
-manifest text, so no input can steer a write outside OUT)::
+Layout (every name derives from a SHA-256 hex digest and validated options, never from a
+URL or from manifest text, so no input can steer a write outside OUT)::
 
     OUT/originals/<sha[:2]>/<sha>.<ext>
-    OUT/thumbs/<size>-<variant>/<sha[:2]>/<sha>.<ext>   variant: q<quality> (JPEG, WebP)
+    OUT/thumbs/<size>-<variant>/<sha[:2]>/<sha>.<ext>   size: 256 or WxH (512x384); variant:
+                                                        [cover|pad-<colour>][-up]-q<quality>
     OUT/thumbs/<size>/<sha[:2]>/<sha>.png               PNG (lossless); older catalogs list
                                                         every thumbnail here (readers take
                                                         each row's path from the catalog)
@@ -51,7 +52,8 @@ TMP_DIR = ".tmp"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _EXT = re.compile(r"[a-z0-9]{1,8}")
-_VARIANT = re.compile(r"[a-z0-9]{1,16}")
+_VARIANT = re.compile(r"[a-z0-9]{1,16}(-[a-z0-9]{1,16}){0,5}")  # e.g. q85, cover-up-q85, pad-ffffff
+_BOX = re.compile(r"[1-9][0-9]{0,5}x[1-9][0-9]{0,5}")
 _PARTITION = re.compile(r"[0-9]+-of-[0-9]+")  # OUT/.tmp/<i>-of-<n>: a partition's temp folder
 
 # errno values that mean "this folder cannot take our files", as opposed to a bug.
@@ -109,11 +111,14 @@ class Store:
 
     # -- names ---------------------------------------------------------------------------
 
-    def thumb_relpath(self, sha256: str, size: int, ext: str, *, variant: str = "") -> str:
+    def thumb_relpath(self, sha256: str, size: int | str, ext: str, *, variant: str = "") -> str:
         """``thumbs/<size>[-<variant>]/<ab>/<sha>.<ext>``: the name carries every option that
         changes the bytes (``ProcessOptions.thumb_variant``, e.g. ``q85``), so two encodings
         of one image never share a name and an existing file is always the wanted one."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        # An int (a longest side) or "WxH" (a box, ``config.parse_size``).
+        if isinstance(size, bool) or not (
+            (isinstance(size, int) and size >= 1) or (isinstance(size, str) and _BOX.fullmatch(size))
+        ):
             raise ValueError(f"bad thumbnail size: {size!r}")
         if not isinstance(variant, str) or (variant and not _VARIANT.fullmatch(variant)):
             raise ValueError(f"bad thumbnail variant: {variant!r}")
