@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unicodedata
@@ -18,11 +19,15 @@ from pathlib import Path, PurePosixPath
 import pytest
 from click.testing import CliRunner
 from conftest import encode, jpeg, photo
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from cli import main
+from pipeline.layout import IMAGE_EXTS, Namer, safe_stem
+from pipeline.models import ManifestRow
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT = "thumbs/256-q85"
@@ -237,6 +242,56 @@ def test_sigkill_then_rerun_leaves_no_temp_files_and_the_same_names(tmp_path: Pa
         assert os.path.samefile(out / _thumb(rows[str(i)]), out / _thumb(rows[str(i + 1)]))
     assert {rel: os.stat(out / rel).st_ino for rel in committed.values()} == stats
     assert not any((out / ".tmp").iterdir())
+
+
+# Any text at all: surrogates (bytes that were not UTF-8), NUL, controls, separators, dots;
+# plus the awkward bits often enough that every rule is met.
+_AWKWARD = st.sampled_from(["..", ".", "/", "\\", "\x00", "con", "AUX.tar", " ", ".jpg", "%2E", "ab", "é" * 90, "\udce9"])
+_TEXT = st.lists(st.one_of(st.text(st.characters(exclude_categories=()), max_size=120), _AWKWARD), max_size=6).map("".join)
+_WINDOWS_BAD = set('<>:"|?*\\')
+_RESERVED = {"con", "prn", "aux", "nul", *(f"{p}{d}" for p in ("com", "lpt") for d in "0123456789")}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TEXT, max_size=8))
+def test_name_function_stays_inside_out_and_makes_valid_file_names(parts: list[str]) -> None:
+    stem = safe_stem(parts)
+    for name in (stem, f"{stem}~{10**20}"):  # with the longest collision suffix
+        rel = f"{VARIANT}/{name}.webp"
+        rel.encode("utf-8")  # strict: no lone surrogate
+        pure = PurePosixPath(rel)
+        assert pure.as_posix() == rel and not pure.is_absolute()
+        assert os.path.normpath(os.path.join("/out", rel)).startswith(f"/out/{VARIANT}/")
+        for i, part in enumerate(pure.parts):
+            assert part not in ("", ".", "..") and len(part.encode()) <= 255, part
+            assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in _WINDOWS_BAD for c in part), part
+            assert part[-1] not in ". " and part.split(".")[0].rstrip(" ").casefold() not in _RESERVED, part
+            if i < len(pure.parts) - 1:  # a folder never takes a thumbnail's name
+                assert part.rpartition(".")[2].lower() not in IMAGE_EXTS or "." not in part, part
+    with tempfile.TemporaryDirectory() as out:  # and this filesystem takes it, inside OUT
+        target = Path(out, VARIANT, stem + ".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"x")
+        assert target.resolve().is_relative_to(Path(out).resolve())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "A", "b", "a~2", "A~2", "e\u0301", "\u00e9", "É", "ss", "ß"]), max_size=30))
+def test_namer_gives_every_row_a_name_no_other_row_has_ignoring_case(stems: list[str]) -> None:
+    namer = Namer()
+    names = [namer.assign(s) for s in stems]
+    folded = [unicodedata.normalize("NFC", unicodedata.normalize("NFC", n).casefold()) for n in names]
+    assert len(set(folded)) == len(folded)
+    again = Namer()
+    assert [again.assign(s) for s in stems] == names  # deterministic
+    assert all(n == s or n.startswith(s + "~") for n, s in zip(names, stems, strict=True))
+
+
+def test_mirror_of_a_url_drops_scheme_and_credentials_and_keeps_the_query() -> None:
+    from pipeline.layout import mirror_parts
+
+    row = ManifestRow(0, 1, "0", "https://user:pw@Example.COM:8443/a/b%2Fc/photo.JPG?w=2#frag", source="x")
+    assert safe_stem(mirror_parts(row, "/", "/")) == "example.com%3A8443/a/b%2Fc/photo%3Fw=2"
 
 
 def _wait_for_shards(catalog: Path, *, at_least: int, deadline: float) -> int:
