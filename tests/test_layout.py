@@ -133,6 +133,25 @@ def test_rerun_resumes_without_rewriting_or_renaming(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "options.layout" in refused.output
 
 
+def test_a_folder_catalog_from_before_layouts_resumes_content_addressed(tmp_path: Path) -> None:
+    """A folder run begun before --layout existed has no layout in its fingerprint: resumed
+    without --layout it stays content-addressed (not refused for the new mirror default)."""
+    top, out = _folder(tmp_path), tmp_path / "out"
+    _run(str(top), "--out", str(out), "--layout", "content")
+    with sqlite3.connect(out / "catalog.sqlite") as db:  # as an older pipeline wrote it
+        (value,) = db.execute("SELECT value FROM meta WHERE name = 'fingerprint'").fetchone()
+        fingerprint = json.loads(value)
+        del fingerprint["options"]["layout"]
+        db.execute("UPDATE meta SET value = ? WHERE name = 'fingerprint'", (json.dumps(fingerprint),))
+        db.execute("DELETE FROM items WHERE key LIKE 'weird/%'")  # killed before these
+        db.execute("DELETE FROM shards")
+    _run(str(top), "--out", str(out))
+    rows = _rows(out)
+    assert len(rows) == 11 and all(
+        _thumb(r) == f"{VARIANT}/{r['sha256'][:2]}/{r['sha256']}.jpg" for r in rows.values() if r["status"] == "ok"
+    )
+
+
 def test_key_layout_names_files_by_key_and_nothing_escapes(tmp_path: Path) -> None:
     images = tmp_path / "m"
     images.mkdir()
