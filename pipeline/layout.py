@@ -56,7 +56,8 @@ LAST_MAX = 200  # bytes of a file name's stem: ~N (collisions) and .ext stay und
 DIR_MAX = 255
 STEM_MAX = 1024  # bytes of the whole name below the variant folder
 _HASH = 16  # hex digits of SHA-256 that replace a too-long tail
-_ESCAPED = frozenset('/\\<>:"|?*')
+# Escaped wherever they are: separators, what Windows refuses, C0/C1 controls, surrogates.
+_UNSAFE = re.compile(r'[/\\<>:"|?*\x00-\x1f\x7f-\x9f\ud800-\udfff]')
 _RESERVED = frozenset(
     ["con", "prn", "aux", "nul"]
     + [f"{p}{d}" for p in ("com", "lpt") for d in "0123456789\u00b9\u00b2\u00b3"]
@@ -190,13 +191,12 @@ def _pct(ch: str) -> str:
     return "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
 
 
+def _pct_match(match: re.Match[str]) -> str:
+    return _pct(match.group())
+
+
 def _component(text: str, *, last: bool) -> str:
-    out = "".join(
-        _pct(ch)
-        if ch in _ESCAPED or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000
-        else ch
-        for ch in text
-    )
+    out = _UNSAFE.sub(_pct_match, text)
     body = out.rstrip(". ")
     out = body + "".join(_pct(ch) for ch in out[len(body) :])  # Windows drops them: "a." is "a"
     if out.split(".")[0].rstrip(" ").casefold() in _RESERVED:

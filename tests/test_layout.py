@@ -271,7 +271,7 @@ _WINDOWS_BAD = set('<>:"|?*\\')
 _RESERVED = {"con", "prn", "aux", "nul", *(f"{p}{d}" for p in ("com", "lpt") for d in "0123456789")}
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(_TEXT, max_size=8))
 def test_name_function_stays_inside_out_and_makes_valid_file_names(parts: list[str]) -> None:
     stem = safe_stem(parts)
