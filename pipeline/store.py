@@ -55,6 +55,7 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.config import is_url
 from pipeline.errors import StorageError
+from pipeline.layout import named_relpath
 
 TMP_DIR = ".tmp"
 
@@ -339,8 +340,6 @@ class NamedStore:
         self.paths: dict[str, list[str]] = {}
 
     def thumb_relpath(self, *args: object, **kwargs: object) -> str:
-        from pipeline.layout import named_relpath
-
         content = self._store.thumb_relpath(*args, **kwargs)  # type: ignore[arg-type]
         rels = [named_relpath(content, name) for name in self.names]
         self.paths[rels[0]] = rels

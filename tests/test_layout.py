@@ -133,6 +133,18 @@ def test_rerun_resumes_without_rewriting_or_renaming(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "options.layout" in refused.output
 
 
+def test_static_partitions_give_every_row_the_name_a_single_run_gives(tmp_path: Path) -> None:
+    top = _folder(tmp_path)
+    single, shared = tmp_path / "single", tmp_path / "shared"
+    _run(str(top), "--out", str(single), "--shard-size", "2")
+    for index in ("0", "1"):
+        _run(str(top), "--out", str(shared), "--shard-size", "2", "--num-workers", "2", "--worker-index", index)
+    assert CliRunner().invoke(main, ["merge", str(shared)]).exit_code == 0
+    names = {k: _thumb(r) for k, r in _rows(single).items() if r["status"] == "ok"}
+    assert {k: _thumb(r) for k, r in _rows(shared).items() if r["status"] == "ok"} == names
+    assert all((shared / rel).is_file() for rel in names.values())
+
+
 def test_a_folder_catalog_from_before_layouts_resumes_content_addressed(tmp_path: Path) -> None:
     """A folder run begun before --layout existed has no layout in its fingerprint: resumed
     without --layout it stays content-addressed (not refused for the new mirror default)."""
