@@ -39,6 +39,7 @@ from pipeline.config import (
     DEFAULT_USER_AGENT,
     FITS,
     KEEP,
+    LAYOUTS,
     THUMB_FORMATS,
     DedupOptions,
     FetchOptions,
@@ -193,6 +194,7 @@ def main() -> None:
 @click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, callback=_formats, help="Image formats decoded, comma-separated; others fail as not_image (HEIF needs pip install 'pipeline[heif]').")
 @click.option("--keep-originals/--no-keep-originals", default=True, show_default=True, help="Store the downloaded files too.")
 @click.option("--max-pixels", type=int, default=_P.max_pixels, show_default=True, help="Larger images fail as too_many_pixels.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Thumbnail names: content (thumbs/256-q85/ab/<sha256>.jpg), mirror (after the source: thumbs/256-q85/2019/beach.jpg; a URL: host/path) or key (after the key column). [default: mirror for a folder, content for a manifest file]")
 @click.option("--url-column", default="url", show_default=True, help="Manifest column holding the URL.")
 @click.option("--key-column", default="key", show_default=True, help="Manifest column holding a row key (optional).")
 @click.option("--local-root", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder local paths and file:// rows must lie under. [default: the manifest's folder]")

@@ -31,6 +31,7 @@ NO_ALPHA_FORMATS = ("jpeg",)  # thumbnail formats without an alpha channel
 # before issue 12), ``cover`` fills it and crops the centre, ``pad`` fits inside and fills
 # the rest with ``pad_color`` (letterbox).
 FITS = ("contain", "cover", "pad")
+LAYOUTS = ("content", "mirror", "key")  # thumbnail names: pipeline/layout.py
 
 
 def _require(condition: bool, message: str) -> None:
@@ -259,6 +260,10 @@ class RunConfig:
     force: bool = False
     max_failure_rate: float = 1.0
     catalog: Path | None = None  # None: OUT/catalog.sqlite (required when OUT is a URL)
+    # Thumbnail names (layout.py): "content" (by SHA-256), "mirror" (after the source's
+    # path), "key" (after the key column). None: mirror for a folder, content for a manifest
+    # file (settled by the runner, which knows the manifest: layout.default_layout).
+    layout: str | None = None
     num_workers: int = 1  # static partitioning: this run takes shards with
     worker_index: int = 0  # shard_id % num_workers == worker_index
     fetch: FetchOptions = field(default_factory=FetchOptions)
@@ -271,6 +276,7 @@ class RunConfig:
         _require(self.shard_size >= 1, "--shard-size must be at least 1")
         _require(self.cpu_threads >= 1, "--cpu-threads must be at least 1")
         _require(0.0 <= self.max_failure_rate <= 1.0, "--max-failure-rate must be between 0 and 1")
+        _require(self.layout in (None, *LAYOUTS), f"--layout must be one of {', '.join(LAYOUTS)}")
         _require(self.num_workers >= 1, "--num-workers must be at least 1")
         _require(0 <= self.worker_index < self.num_workers, "--worker-index must be in 0 .. --num-workers - 1")
         if self.catalog is not None:
@@ -296,6 +302,8 @@ class RunConfig:
             "thumb_quality": self.process.thumb_quality,
             "keep_originals": self.process.keep_originals,
             "max_pixels": self.process.max_pixels,
+            # null for content, so catalogs from before layouts (no entry: null) resume as such
+            "layout": None if self.layout in (None, "content") else self.layout,
             "formats": list(self.process.formats),
             # Null for the defaults, as older catalogs (no entry) read: they still resume.
             "fit": None if self.process.fit == "contain" else self.process.fit,

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.dedup import iter_grouped
@@ -56,9 +57,15 @@ def _groups(catalog: Catalog, out: Path, page_dir: Path) -> list[dict[str, Any]]
         groups[-1]["m"].append({
             "k": r["key"], "w": r["width"], "h": r["height"], "f": r["format"], "b": r["bytes"],
             "d": r["distance"], "x": r["kind"], "r": int(r["is_rep"]),
-            "t": os.path.relpath(out.resolve() / thumb, page_dir).replace(os.sep, "/") if thumb else None,
+            "t": _src(os.path.relpath(out.resolve() / thumb, page_dir).replace(os.sep, "/")) if thumb else None,
         })  # fmt: skip
     return groups
+
+
+def _src(rel: str) -> str:
+    """A relative path as a URL: a name after its source (``--layout mirror``) may hold
+    ``%``, ``#``, ``?`` or spaces, which a browser would read as URL syntax."""
+    return quote(rel, safe="/")
 
 
 _PAGE = """<!doctype html>

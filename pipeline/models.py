@@ -38,6 +38,10 @@ class ManifestRow:
     source: str = ""
     extra: tuple[tuple[str, str], ...] = ()
     invalid: str | None = None
+    # Under --layout mirror/key: the thumbnail's name below its variant folder, without the
+    # extension (``2019/beach``, ``2019/beach~2``); chosen by the parent (layout.py). None:
+    # content-addressed.
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

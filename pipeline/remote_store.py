@@ -167,6 +167,17 @@ class FsspecStore(Store):
             data = read()
         self._upload(key, data)
 
+    @contextmanager
+    def atomic_paths(self, rels: list[str]) -> Iterator[Path]:
+        """``atomic_path`` for several names of the same bytes (``--layout mirror|key``, rows
+        sharing a source): encoded once, uploaded under each name."""
+        keys = [self._key(rel) for rel in rels]
+        with _scratch_file(PurePosixPath(rels[0]).suffix) as (tmp, read):
+            yield tmp
+            data = read()
+        for key in keys:
+            self._upload(key, data)
+
     def uploads(self) -> Future[None] | None:
         """A future of the uploads this thread started (or waits on) since its last call, done
         when all of them are in place (``StorageError`` if one failed); None if there are none.

@@ -25,6 +25,7 @@ from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
 from pipeline.errors import ManifestTruncated, PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.executors import LocalExecutor, RowExecutor
+from pipeline.layout import default_layout, name_rows
 from pipeline.limits import fit_open_files
 from pipeline.manifest import (
     ManifestSpec,
@@ -191,6 +192,7 @@ def _run_locked(
     store.clear_temp()  # leftovers of a killed run: never visible as finished files
     progress = Progress()
     with Catalog(catalog_file) as catalog:
+        config = _settle_layout(config, spec, catalog)
         _check_fingerprint(catalog, spec, config)
         whole = _WholeManifest(spec, config.out, catalog)
         if config.force and whole.differs(catalog):  # same head and tail, other middle
@@ -280,6 +282,18 @@ _ADVISORY = frozenset({"path"})
 def _fingerprint(spec: ManifestSpec, config: RunConfig) -> dict[str, Any]:
     manifest = {k: v for k, v in identity(spec).items() if k not in _ADVISORY}
     return {"manifest": manifest, "options": config.fingerprint_options()}
+
+
+def _settle_layout(config: RunConfig, spec: ManifestSpec, catalog: Catalog) -> RunConfig:
+    """The layout given, else the default for this kind of manifest; but a catalog begun
+    before layouts existed (no layout in its fingerprint) resumes content-addressed, as it
+    started, rather than being refused for a default it never had."""
+    if config.layout is not None:
+        return config
+    stored = catalog.get_meta("fingerprint")
+    if stored is not None and "layout" not in stored.get("options", {}) and not config.force:
+        return replace(config, layout="content")
+    return replace(config, layout=default_layout(spec.kind))
 
 
 def _check_fingerprint(catalog: Catalog, spec: ManifestSpec, config: RunConfig) -> None:
@@ -388,7 +402,10 @@ def _todo(
     started = catalog.started_shards()  # killed mid-shard: run only the rows not committed
     failed = catalog.shards_with_failures() if config.retry_failed else set()
     total = mine = 0
-    for shard in iter_shards(_until_cut(read_rows(spec), cut), config.shard_size):
+    # Names are chosen over every row in manifest order (also those of done shards and of
+    # other partitions), so a rerun gives each row the name it had (layout.py).
+    rows = name_rows(read_rows(spec), config.layout or "content", root=str(spec.root), base=str(spec.base))
+    for shard in iter_shards(_until_cut(rows, cut), config.shard_size):
         total += 1
         # Static partitioning: the same deterministic ids on every machine, so each takes
         # its residue class and none overlaps (every partition still reads the manifest).

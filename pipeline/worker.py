@@ -43,7 +43,7 @@ from pipeline.hostlimit import install as install_host_table
 from pipeline.memory import limit_arenas, trim_now_and_then
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
 from pipeline.schedule import by_source as group_by_source
-from pipeline.store import Store, open_store
+from pipeline.store import NamedStore, Store, open_store
 
 # aiohttp, Pillow and numpy are imported by the functions that run in the worker, not here:
 # the parent imports this module only to name ``run_shard``, and importing them there cost
@@ -389,6 +389,17 @@ class _Outcome:
     image: ImageInfo | None = None
     error_class: ErrorClass | None = None
     error_message: str | None = None
+    # --layout mirror|key: each thumbnail path of ``image`` (the first row's name) → the
+    # paths of every row of the source, in row order (NamedStore.paths).
+    named: dict[str, list[str]] | None = None
+
+    def image_of(self, index: int) -> ImageInfo | None:
+        """The image as the source's ``index``-th row sees it: its own thumbnail names."""
+        if self.image is None or not self.named:
+            return self.image
+        named = self.named
+        thumbs = tuple(replace(t, path=named[t.path][index]) if t.path in named else t for t in self.image.thumbnails)
+        return replace(self.image, thumbnails=thumbs)
 
 
 async def _run(by_source: dict[str, list[ManifestRow]], config: RunConfig, store: Store, hooks: _Hooks) -> None:
@@ -427,6 +438,9 @@ async def _row(
     """One source, start to finish, reported the moment it ends (never raises for the item)."""
     limit = _admission(config, _is_local(source))
     try:
+        names = [row.name for row in rows]
+        if all(names):  # --layout mirror|key: the thumbnails go where the rows' names say
+            store = NamedStore(store, names)  # type: ignore[arg-type]
         outcome = await _one(source, hooks.started, session=session, limit=limit, config=config, store=store, pool=pool)
     except PipelineError:
         raise  # run-fatal (OUT unwritable): the parent stops the run
@@ -434,7 +448,7 @@ async def _row(
         message = f"{type(exc).__name__}: {exc} ({_where(exc)})"
         hooks.finished(failed_items(rows, message))
         return
-    hooks.finished([_item(row, outcome) for row in rows])
+    hooks.finished([_item(row, outcome, index) for index, row in enumerate(rows)])
 
 
 def _is_local(source: str) -> bool:
@@ -508,7 +522,8 @@ async def _one(
     body = None
     if uploads is not None:  # an object store uploads off the image thread: the row waits here
         await asyncio.wrap_future(uploads)
-    return _Outcome(fetched, image, error_class, message)
+    named = store.paths if isinstance(store, NamedStore) else None
+    return _Outcome(fetched, image, error_class, message, named)
 
 
 def _without_body(fetched: FetchResult) -> FetchResult:
@@ -591,7 +606,7 @@ def _status(error_class: ErrorClass | None) -> Status:
     return Status.FAILED
 
 
-def _item(row: ManifestRow, outcome: _Outcome | None) -> ItemResult:
+def _item(row: ManifestRow, outcome: _Outcome | None, index: int = 0) -> ItemResult:
     if row.invalid is not None or outcome is None:
         return ItemResult(
             row.row, row.key, row.url, Status.INVALID, ErrorClass.INVALID,
@@ -610,7 +625,7 @@ def _item(row: ManifestRow, outcome: _Outcome | None) -> ItemResult:
         attempts=f.attempts,
         redirects=f.redirects,
         mime=f.mime,
-        image=outcome.image,
+        image=outcome.image_of(index),
         fetch_ms=f.elapsed_ms,
         extra=row.extra,
     )
