@@ -104,7 +104,9 @@ def child(tree: str, corpus: Path, passes: int, psnr: bool) -> None:
                 thumb = info.thumbnails[0]
                 ours = np.asarray(Image.open(Path(scratch) / thumb.path).convert("RGB"), np.float64)
                 full = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-                ref = np.asarray(full.resize((thumb.width, thumb.height), Image.Resampling.LANCZOS), np.float64)
+                ref = np.asarray(
+                    full.resize((thumb.width, thumb.height), Image.Resampling.LANCZOS), np.float64
+                )
                 mse = float(np.mean((ours - ref) ** 2))
                 found[path.name] = 10 * float(np.log10(255.0**2 / mse)) if mse else 99.0
             result["psnr"] = found
@@ -124,7 +126,17 @@ def child(tree: str, corpus: Path, passes: int, psnr: bool) -> None:
 
 
 def _run_child(tree: str, corpus: Path, passes: int, psnr: bool) -> dict[str, object]:
-    cmd = [sys.executable, "-m", "bench.formats", "--child", tree, "--corpus", str(corpus), "--passes", str(passes)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.formats",
+        "--child",
+        tree,
+        "--corpus",
+        str(corpus),
+        "--passes",
+        str(passes),
+    ]
     if psnr:
         cmd.append("--psnr")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -135,7 +147,9 @@ def _run_child(tree: str, corpus: Path, passes: int, psnr: bool) -> dict[str, ob
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", help="tree whose pipeline/ is 'before' (git archive)")
-    parser.add_argument("--after", default=str(ROOT), help="tree whose pipeline/ is 'after' (default: this one)")
+    parser.add_argument(
+        "--after", default=str(ROOT), help="tree whose pipeline/ is 'after' (default: this one)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--passes", type=int, default=2, help="times each file is processed per round")
     parser.add_argument("--corpus", default=str(CORPUS))
@@ -161,7 +175,9 @@ def main() -> None:
             if "psnr" in out:
                 psnr[name] = out["psnr"]  # type: ignore[assignment]
             samples[name].append(out["cpu_ms"])  # type: ignore[arg-type]
-            print(f"round {rnd + 1} {name}: {sum(out['cpu_ms'].values()):.0f} ms", file=sys.stderr, flush=True)  # type: ignore[union-attr]
+            print(
+                f"round {rnd + 1} {name}: {sum(out['cpu_ms'].values()):.0f} ms", file=sys.stderr, flush=True
+            )  # type: ignore[union-attr]
 
     cells: dict[tuple[str, str], list[str]] = {}
     for fname in samples["before"][0]:
@@ -175,17 +191,22 @@ def main() -> None:
             if not names:
                 continue
             med = {
-                k: statistics.median(statistics.mean(s[n] for n in names) for s in samples[k]) for k in samples
+                k: statistics.median(statistics.mean(s[n] for n in names) for s in samples[k])
+                for k in samples
             }
             db = {k: min(psnr[k][n] for n in names) for k in psnr}
-            table.append({"format": fmt, "size": size_class, **{f"{k}_ms": v for k, v in med.items()}, "psnr": db})
+            table.append(
+                {"format": fmt, "size": size_class, **{f"{k}_ms": v for k, v in med.items()}, "psnr": db}
+            )
             print(
                 f"| {fmt} | {size_class} | {med['before']:.1f} | {med['after']:.1f} | "
                 f"{med['after'] / med['before']:.2f} | {db.get('before', float('nan')):.1f} | "
                 f"{db.get('after', float('nan')):.1f} |"
             )
     if args.json:
-        Path(args.json).write_text(json.dumps({"trees": trees, "samples": samples, "psnr": psnr, "table": table}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"trees": trees, "samples": samples, "psnr": psnr, "table": table}, indent=1)
+        )
 
 
 if __name__ == "__main__":
