@@ -86,8 +86,7 @@ def child(tree: str, corpus: Path, passes: int, psnr: bool) -> None:
     from pipeline.config import ProcessOptions
     from pipeline.store import Store
 
-    if psnr:
-        Image.init()
+    Image.init()  # every plugin: AVIF and WebP are not among Pillow's preloaded ones
     options = ProcessOptions(keep_originals=False, formats=tuple(Image.OPEN))
     files = sorted(p for p in corpus.iterdir() if p.suffix[1:] in FORMATS)
     blobs = {p: p.read_bytes() for p in files}
@@ -140,7 +139,9 @@ def _run_child(tree: str, corpus: Path, passes: int, psnr: bool) -> dict[str, ob
     if psnr:
         cmd.append("--psnr")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

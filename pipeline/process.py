@@ -13,6 +13,10 @@ Per image, in order (each step is a small function below):
    decodes at 1/2, 1/4 or 1/8 size; WebP: libwebp's scaling decoder writes the picture at
    twice the largest output (``_libwebp``); decode once.
 3. Normalise the mode (CMYK → RGB, palette → RGB/RGBA, 16-bit → 8-bit scaled, ...).
+   Colour: an RGB picture with an ICC profile (Display P3 from phones, Adobe RGB from
+   cameras) is converted to sRGB by littleCMS on the first (largest) reduced step, and
+   thumbnails carry no profile; a profile littleCMS cannot use is dropped (the pixels are
+   taken as sRGB, as browsers do). Gray profiles are passed on.
 4. One resize chain, largest first, each step from the previous one (BICUBIC with
    ``reducing_gap=2.0``). The EXIF orientation is applied to the first reduced image, not
    the full one: same pixels as ``ImageOps.exif_transpose`` + ``thumbnail``, far cheaper.
@@ -42,6 +46,11 @@ from pathlib import Path
 import numpy as np
 import PIL
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+try:
+    from PIL import ImageCms
+except ImportError:  # a Pillow built without littleCMS: profiles are passed on instead
+    ImageCms = None  # type: ignore[assignment]
 
 from pipeline import _libwebp
 from pipeline.config import ProcessOptions
@@ -586,6 +595,7 @@ def _make_thumbnails(
     oriented = decoded.orientation == 1
     thumbnails: list[Thumbnail] = []
     hash_source = current
+    to_srgb = _srgb_transform(decoded)
     for step in _chain(options.sizes):
         target = fit_size(decoded.width, decoded.height, step)
         if not oriented:
@@ -596,6 +606,8 @@ def _make_thumbnails(
         else:
             current = _resize(current, target, box)
         box = None
+        if to_srgb is not None:  # once, on the largest step: the smaller ones follow from it
+            current, to_srgb = to_srgb.apply(current), None
         if step == hash_step:
             hash_source = _flatten_on_white(current)
         if step in options.sizes:
@@ -631,9 +643,10 @@ def _write_thumbnail(
     fmt = options.thumb_format
     out = _flatten_on_white(im) if fmt == "jpeg" else im
     params: dict[str, object] = {}
-    icc = _icc_for(decoded.mode, out.mode, decoded.icc_profile)
-    if icc is not None:
-        params["icc_profile"] = icc  # no colour management here: keep the pixels' meaning
+    # Always given: without it Pillow's encoders embed ``im.info["icc_profile"]``, which
+    # resize and convert copy from the source (a CMYK profile landed in RGB thumbnails) and
+    # ImageCms sets to sRGB's. b"": none.
+    params["icc_profile"] = _icc_for(decoded.mode, out.mode, decoded.icc_profile) or b""
     if fmt in ("jpeg", "webp"):
         params["quality"] = options.thumb_quality
     with store.atomic_path(rel) as tmp:
@@ -649,16 +662,49 @@ _GRAY_FAMILY = frozenset({"L", "LA", "La", "1"})
 def _icc_for(source_mode: str, out_mode: str, icc: bytes | None) -> bytes | None:
     """The source's ICC profile if it still describes the output's colour space.
 
-    An RGB profile describes RGB output and a gray one gray output; after CMYK → RGB or
-    gray → RGBA it would describe the wrong space, so it is dropped.
+    RGB output is sRGB and untagged (``_srgb_transform``), unless Pillow has no littleCMS:
+    then an RGB profile is passed on to RGB output. A gray profile describes gray output;
+    after CMYK → RGB or gray → RGBA it would describe the wrong space, so it is dropped.
     """
     if icc is None:
         return None
     if source_mode in _RGB_FAMILY and out_mode in ("RGB", "RGBA"):
-        return icc
+        return icc if ImageCms is None else None
     if source_mode in _GRAY_FAMILY and out_mode == "L":
         return icc
     return None
+
+
+def _srgb_transform(decoded: _Decoded) -> ImageCms.ImageCmsTransform | None:
+    """The transform from the picture's embedded RGB profile to sRGB, or None (no profile,
+    not RGB, a profile littleCMS cannot read or use: the pixels are then taken as sRGB).
+
+    Thumbnails are converted rather than tagged, as libvips and sharp do by default:
+    browsers show both the same, but a program reading the numbers (training code, our
+    dedup's thumbnail check, the hashes) sees P3 or Adobe RGB ones as dull sRGB, and a
+    profile adds 0.5-3 KB to a ~10 KB thumbnail. Measured: bench/README.md, "Colour".
+    """
+    if ImageCms is None or decoded.icc_profile is None or decoded.mode not in _RGB_FAMILY:
+        return None
+    mode = decoded.image.mode
+    return _transform_to_srgb(decoded.icc_profile, mode) if mode in ("RGB", "RGBA") else None
+
+
+@functools.lru_cache(maxsize=32)
+def _transform_to_srgb(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    # Building one costs ~5 ms; photos of a crawl share a handful of profiles.
+    try:
+        profile = ImageCms.ImageCmsProfile(BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "RGB":
+            return None
+        # NOCACHE: littleCMS's one-pixel cache is written during a transform, and one
+        # transform serves every thread of the process.
+        return ImageCms.buildTransform(profile, _SRGB, mode, mode, flags=ImageCms.Flags.NOCACHE)
+    except (OSError, ValueError, TypeError, struct.error):  # ImageCms.PyCMSError is an OSError
+        return None
+
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")) if ImageCms is not None else None
 
 
 def _original_ext(fmt: str) -> str:

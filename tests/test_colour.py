@@ -89,6 +89,10 @@ def _p3_files() -> dict[str, tuple[bytes, Image.Image]]:
     return files
 
 
+def _q85(image: Image.Image) -> Image.Image:
+    return Image.open(io.BytesIO(_save(image, "JPEG", quality=85)))
+
+
 def _reference(p3: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Colour-managed: the full picture from P3 to sRGB (littleCMS), then LANCZOS."""
     profile = ImageCms.ImageCmsProfile(io.BytesIO(display_p3_profile()))
@@ -107,13 +111,16 @@ def test_display_p3_photo_keeps_its_colours(tmp_path: Path, thumb_format: str) -
     for name, (_, p3) in files.items():
         thumb = _thumb(out, rows[name])
         reference = _reference(p3, thumb.size)
+        # q85 JPEG alone costs these grainy photos up to ~4.5 dE (chroma subsampling; the
+        # reference through the same encode): colour handling may add at most 0.5 to that.
+        bound = 2.0 if thumb_format == "png" else _delta_e(_q85(reference), reference) + 0.5
         seen = _delta_e(_as_browser_shows(thumb), reference)
-        assert seen < 2.0, (name, round(seen, 2))
+        assert seen < bound, (name, round(seen, 2), round(bound, 2))
         # The pixels themselves are sRGB: right for a browser, and for a program that reads
         # numbers and ignores profiles (training code, our dedup's thumbnail check).
         assert not thumb.info.get("icc_profile"), name
         raw = _delta_e(thumb, reference)
-        assert raw < 2.0, (name, round(raw, 2))
+        assert raw < bound, (name, round(raw, 2), round(bound, 2))
     # Without conversion the P3 numbers read as sRGB would be visibly off (the test means it).
     data, p3 = files["colorwheel.jpg"]
     assert _delta_e(p3.resize((256, 171), Image.Resampling.LANCZOS), _reference(p3, (256, 171))) > 4.0
