@@ -92,3 +92,65 @@ def unique_copy(jpeg: bytes, index: int) -> bytes:
     text = f"pipeline-bench {index}".encode()
     segment = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
     return jpeg[:2] + segment + jpeg[2:]
+
+
+# -- wide gamut -----------------------------------------------------------------------------
+
+# CIE xy of Display P3's primaries (DCI-P3's, with a D65 white and sRGB's tone curve) and sRGB's.
+DISPLAY_P3_XY = ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060))
+SRGB_XY = ((0.640, 0.330), (0.300, 0.600), (0.150, 0.060))
+_D65, _D50 = np.array([0.3127, 0.3290]), np.array([0.9642, 1.0, 0.8249])
+_BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
+
+
+def colorants(primaries: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """RGB → XYZ under D50 (the ICC connection space), columns = rXYZ, gXYZ, bXYZ tags:
+    the primaries' matrix for a D65 white, adapted to D50 with Bradford, as ICC profiles store it."""
+    xyz = np.array([[x / y, 1.0, (1 - x - y) / y] for x, y in primaries]).T
+    white = np.array([_D65[0] / _D65[1], 1.0, (1 - _D65.sum()) / _D65[1]])
+    m65 = xyz * np.linalg.solve(xyz, white)
+    adapt = np.linalg.inv(_BRADFORD) @ np.diag((_BRADFORD @ _D50) / (_BRADFORD @ white)) @ _BRADFORD
+    return adapt @ m65
+
+
+@functools.cache
+def display_p3_profile() -> bytes:
+    """An ICC profile for Display P3, the space of iPhone and most Android photos.
+
+    No P3 profile ships offline here (Apple's is in macOS, colord's is not installed), and
+    Pillow's ImageCms creates only sRGB, Lab and XYZ profiles. Display P3 *is* sRGB's tone
+    curve with other primaries, so this takes littleCMS's own sRGB profile
+    (``ImageCms.createProfile("sRGB")``, ICC v4, parametric curves) and writes P3's colorants
+    (computed by ``colorants``; the same as Apple's profile to 1e-4) into its rXYZ, gXYZ and
+    bXYZ tags, P3's xy into chrm and a new description; littleCMS builds its transforms from
+    exactly those tags."""
+    import struct
+
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    tags = {
+        bytes(data[132 + 12 * i : 136 + 12 * i]): struct.unpack(">II", data[136 + 12 * i : 144 + 12 * i])
+        for i in range(struct.unpack(">I", data[128:132])[0])
+    }
+    matrix = colorants(DISPLAY_P3_XY)
+    for column, sig in enumerate((b"rXYZ", b"gXYZ", b"bXYZ")):
+        offset = tags[sig][0] + 8
+        data[offset : offset + 12] = struct.pack(">3i", *(round(v * 65536) for v in matrix[:, column]))
+    offset = tags[b"chrm"][0] + 12
+    data[offset : offset + 24] = struct.pack(">6I", *(round(v * 65536) for xy in DISPLAY_P3_XY for v in xy))
+    desc = bytes(data[tags[b"desc"][0] : tags[b"desc"][0] + tags[b"desc"][1]])
+    old = "sRGB built-in".encode("utf-16-be")
+    assert old in desc, "littleCMS's sRGB profile changed its description"
+    start = tags[b"desc"][0] + desc.index(old)
+    data[start : start + len(old)] = "Display P3 v4".encode("utf-16-be")
+    data[84:100] = bytes(16)  # profile ID (an MD5, optional): none
+    return bytes(data)
+
+
+def to_display_p3(image: Image.Image) -> Image.Image:
+    """An sRGB picture converted to Display P3 (littleCMS), same colours, other numbers."""
+    from PIL import ImageCms
+
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(display_p3_profile()))
+    return ImageCms.profileToProfile(image, ImageCms.createProfile("sRGB"), p3, outputMode=image.mode)

@@ -11,8 +11,13 @@ Per image, in order (each step is a small function below):
    from the header, before any pixel is allocated.
 2. JPEG: ``draft`` to the smallest DCT scale still >= the largest scale any output needs
    (for ``cover`` the box's short side decides), so libjpeg decodes at 1/2, 1/4 or 1/8
-   size; decode once.
+   size; WebP: libwebp's scaling decoder writes the picture at twice that scale
+   (``_libwebp``); decode once.
 3. Normalise the mode (CMYK → RGB, palette → RGB/RGBA, 16-bit → 8-bit scaled, ...).
+   Colour: an RGB picture with an ICC profile (Display P3 from phones, Adobe RGB from
+   cameras) is converted to sRGB by littleCMS on the first (largest) reduced step, and
+   thumbnails carry no profile; a profile littleCMS cannot use is dropped (the pixels are
+   taken as sRGB, as browsers do). Gray profiles are passed on.
 4. One resize chain, largest scale first, each step from the previous whole image (BICUBIC
    with ``reducing_gap=2.0``); ``cover`` resizes its centre crop (a float box, as
    ``ImageOps.fit``) from it, ``pad`` centres the fitted image on its box. The geometry is
@@ -40,10 +45,18 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+try:
+    from PIL import ImageCms
+except ImportError:  # a Pillow built without littleCMS: profiles are passed on instead
+    ImageCms = None  # type: ignore[assignment]
+
+from pipeline import _libwebp
 from pipeline.config import ProcessOptions, color_rgba, size_box
 from pipeline.errors import ErrorClass, ItemError
 from pipeline.models import ImageInfo, Thumbnail
@@ -299,14 +312,14 @@ def _decode(data: bytes, options: ProcessOptions) -> _Decoded:
     _check_pixels(im.size, options.max_pixels)
 
     try:
-        return _load(im, fmt, options)
+        return _load(im, fmt, options, data)
     except _BOMB as exc:  # not an OSError; Pillow checks GIF frames too
         raise ItemError(ErrorClass.TOO_MANY_PIXELS, str(exc)) from exc
     except _DECODE_ERRORS as exc:
         raise _decode_failure(data, fmt, exc) from exc
 
 
-def _load(im: ImageFile.ImageFile, fmt: str, options: ProcessOptions) -> _Decoded:
+def _load(im: ImageFile.ImageFile, fmt: str, options: ProcessOptions, data: bytes) -> _Decoded:
     mode = im.mode
     full_w, full_h = im.size
     # Counted before load: counting seeks through frames, and seeking back after load
@@ -314,17 +327,22 @@ def _load(im: ImageFile.ImageFile, fmt: str, options: ProcessOptions) -> _Decode
     n_frames = int(getattr(im, "n_frames", 1))
     draft_box = None
     scale = _draft_scale(im, fmt, options)
-    if scale < 1:
-        box = (max(1, math.ceil(full_w * scale)), max(1, math.ceil(full_h * scale)))
-        result = im.draft(im.mode, box)  # no-op (None) for anything but JPEG
-        if result is not None:
-            draft_box = result[1]
-    im.load()
+    pixels: Image.Image | None = None
+    if fmt == "WEBP" and n_frames == 1:
+        pixels = _webp_scaled(data, (full_w, full_h), scale)
+    if pixels is None:
+        if scale < 1:
+            box = (max(1, math.ceil(full_w * scale)), max(1, math.ceil(full_h * scale)))
+            result = im.draft(im.mode, box)  # no-op (None) for anything but JPEG
+            if result is not None:
+                draft_box = result[1]
+        im.load()
+        pixels = _normalize_mode(im)
     orientation = _orientation(im)
     icc = im.info.get("icc_profile") or None
     width, height = (full_h, full_w) if orientation in _SWAPS_AXES else (full_w, full_h)
     return _Decoded(
-        image=_normalize_mode(im),
+        image=pixels,
         draft_box=draft_box,
         format=fmt,
         mode=mode,
@@ -334,6 +352,29 @@ def _load(im: ImageFile.ImageFile, fmt: str, options: ProcessOptions) -> _Decode
         n_frames=n_frames,
         icc_profile=icc if isinstance(icc, bytes) else None,
     )
+
+
+# A WebP is decoded scaled only when the outputs need under 1 / this of its pixels per side,
+# and then at this many times the largest scale they need: the BICUBIC step after it (as
+# ``reducing_gap``) keeps the thumbnail within ~1 dB of a full decode (46.5 vs 47.2 dB
+# against full + LANCZOS; straight to the output size, libwebp's box filter alone: 44.6 dB).
+# Measured: bench/formats.py.
+_WEBP_OVERSCALE = 2
+
+
+def _webp_scaled(data: bytes, size: tuple[int, int], scale: float) -> Image.Image | None:
+    """A WebP decoded by libwebp straight at ``_WEBP_OVERSCALE`` x ``scale`` (the largest
+    scale any output needs, ``_draft_scale``), in stored orientation; None when a full decode
+    through Pillow is needed (small enough, animated, libwebp not reachable)."""
+    wanted = _WEBP_OVERSCALE * scale
+    if wanted >= 1:
+        return None
+    lib = _libwebp.load(Path(PIL.__file__).parent)
+    if lib is None:
+        return None
+    width, height = size
+    pixels = _libwebp.decode_scaled(lib, data, (max(1, round(width * wanted)), max(1, round(height * wanted))))
+    return None if pixels is None else Image.fromarray(pixels)
 
 
 @functools.lru_cache(maxsize=8)
@@ -719,8 +760,11 @@ def _make_thumbnails(
     orientation = decoded.orientation
     written: dict[int | str, Thumbnail] = {}
     hash_source = current
+    to_srgb = _srgb_transform(decoded)
     for step in chain:
         out = _take(current, source, orientation, (width, height), step.rect, step.content)
+        if to_srgb is not None and current is decoded.image:
+            out = to_srgb.apply(out)  # on reduced pixels only; once ``current`` is, it stays sRGB
         if step.rect is None and step.scale <= 1:
             # The whole image, reduced: later (smaller) steps start from it. Never from an
             # enlarged one (softer than the pixels it came from).
@@ -828,9 +872,10 @@ def _write_thumbnail(
     fmt = options.thumb_format
     out = _flatten_on_white(im) if fmt == "jpeg" else im
     params: dict[str, object] = {}
-    icc = _icc_for(decoded.mode, out.mode, decoded.icc_profile)
-    if icc is not None:
-        params["icc_profile"] = icc  # no colour management here: keep the pixels' meaning
+    # Always given: without it Pillow's encoders embed ``im.info["icc_profile"]``, which
+    # resize and convert copy from the source (a CMYK profile landed in RGB thumbnails) and
+    # ImageCms sets to sRGB's. b"": none.
+    params["icc_profile"] = _icc_for(decoded.mode, out.mode, decoded.icc_profile) or b""
     if fmt in ("jpeg", "webp", "avif"):
         params["quality"] = options.thumb_quality
     if fmt == "avif":
@@ -850,16 +895,58 @@ _GRAY_FAMILY = frozenset({"L", "LA", "La", "1"})
 def _icc_for(source_mode: str, out_mode: str, icc: bytes | None) -> bytes | None:
     """The source's ICC profile if it still describes the output's colour space.
 
-    An RGB profile describes RGB output and a gray one gray output; after CMYK → RGB or
-    gray → RGBA it would describe the wrong space, so it is dropped.
+    RGB output is sRGB and untagged (``_srgb_transform``), unless Pillow has no littleCMS:
+    then an RGB profile is passed on to RGB output. A gray profile describes gray output;
+    after CMYK → RGB or gray → RGBA it would describe the wrong space, so it is dropped.
     """
     if icc is None:
         return None
     if source_mode in _RGB_FAMILY and out_mode in ("RGB", "RGBA"):
-        return icc
+        return icc if ImageCms is None else None
     if source_mode in _GRAY_FAMILY and out_mode == "L":
         return icc
     return None
+
+
+def _srgb_transform(decoded: _Decoded) -> ImageCms.ImageCmsTransform | None:
+    """The transform from the picture's embedded RGB profile to sRGB, or None (no profile,
+    not RGB, a profile littleCMS cannot read or use: the pixels are then taken as sRGB).
+
+    Thumbnails are converted rather than tagged, as libvips and sharp do by default:
+    browsers show both the same, but a program reading the numbers (training code, our
+    dedup's thumbnail check, the hashes) sees P3 or Adobe RGB ones as dull sRGB, and a
+    profile adds 0.5-3 KB to a ~10 KB thumbnail. Measured: bench/README.md, "Colour".
+    """
+    if ImageCms is None or decoded.icc_profile is None or decoded.mode not in _RGB_FAMILY:
+        return None
+    mode = decoded.image.mode
+    return _transform_to_srgb(decoded.icc_profile, mode) if mode in ("RGB", "RGBA") else None
+
+
+@functools.lru_cache(maxsize=32)
+def _transform_to_srgb(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    # Building one costs ~5 ms; photos of a crawl share a handful of profiles.
+    try:
+        profile = ImageCms.ImageCmsProfile(BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "RGB":
+            return None
+        # NOCACHE: littleCMS's one-pixel cache is written during a transform, and one
+        # transform serves every thread of the process.
+        transform = ImageCms.buildTransform(profile, _SRGB, mode, mode, flags=ImageCms.Flags.NOCACHE)
+        probe = _SRGB_PROBE if mode == "RGB" else _SRGB_PROBE.convert("RGBA")
+        moved = np.abs(np.asarray(transform.apply(probe), np.int16) - np.asarray(probe, np.int16))
+    except (OSError, ValueError, TypeError, struct.error):  # ImageCms.PyCMSError is an OSError
+        return None
+    # An sRGB profile (most camera JPEGs carry one): applying it would cost ~1 ms per image
+    # (littleCMS does ~30 ns a pixel here) to move no value by more than rounding.
+    return None if moved.max() <= 1 else transform
+
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")) if ImageCms is not None else None
+# Every 17th level of R, G and B, 0 to 255 (4,096 colours, the corners of the gamut included).
+_SRGB_PROBE = Image.fromarray(
+    np.stack(np.meshgrid(*[np.arange(0, 256, 17, dtype=np.uint8)] * 3, indexing="ij"), -1).reshape(16, 256, 3)
+)
 
 
 def _original_ext(fmt: str) -> str:
