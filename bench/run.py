@@ -21,14 +21,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/run.py` as well as `python -m bench`
     sys.path.insert(0, str(ROOT))
 
-from bench.measure import Measured, run_measured, stop_server  # noqa: E402
+from bench.measure import Measured, run_measured, stop_server
 
 I2D_PYTHON = Path(os.environ.get("BENCH_IMG2DATASET_VENV", "/tmp/benchvenv3")) / "bin" / "img2dataset"
 WORKLOADS = ("W1", "W2")
@@ -112,7 +111,7 @@ class Session:
         self.server = BenchServer(args.ports)
         self.samples: list[dict[str, object]] = []
         help_text = subprocess.run(
-            [sys.executable, str(ROOT / "cli.py"), "run", "--help"], capture_output=True, text=True, cwd=ROOT
+            [sys.executable, str(ROOT / "cli.py"), "run", "--help"], check=False, capture_output=True, text=True, cwd=ROOT
         ).stdout
         # Issue 5 refuses loopback by default; pass its opt-in only where it exists.
         self.pipeline_extra = ["--allow-private"] if "--allow-private" in help_text else []
@@ -278,7 +277,8 @@ def machine() -> dict[str, object]:
 
     cpu = "?"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     try:
@@ -291,7 +291,7 @@ def machine() -> dict[str, object]:
         "cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "kernel": platform.release(), "python": platform.python_version(), "pillow": PIL.__version__,
         "aiohttp": aiohttp.__version__, "uvloop": uv, "loadavg_at_start": os.getloadavg(),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT).stdout.strip(),
     }  # fmt: skip
 
 

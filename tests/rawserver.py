@@ -113,7 +113,7 @@ class RawServer:
                 await route(request, writer)
             if not writer.transport.is_closing():
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self._writers.discard(writer)

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import jpeg
-from rawserver import RawServer, Request, response
 from procfs import socket_owner
+from rawserver import RawServer, Request, response
 from test_faults_process import descendants
 
 from cli import main

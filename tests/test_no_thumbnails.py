@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import encode, jpeg, photo
 from PIL import Image
 from pytest_httpserver import HTTPServer
 
 from cli import main
-from conftest import encode, jpeg, photo
 from pipeline.config import ProcessOptions
 from pipeline.errors import ErrorClass, ItemError
 from pipeline.process import process_image
