@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from pytest_httpserver import HTTPServer
-from test_out_lock import SLOW, Gate, _finish, _manifest, _start
+from test_out_lock import Gate, _finish, _manifest, _start
 
 from cli import main
 
@@ -79,7 +79,9 @@ def _groups(path: Path) -> tuple[set[frozenset[str]], dict[str, str]]:
 def _report_images(report: Path) -> list[Path]:
     """The local files the report's <img> elements point at (all of them must exist)."""
     text = report.read_text(encoding="utf-8")
-    data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S)[1])
+    data = json.loads(
+        re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.DOTALL)[1]
+    )
     srcs = [m["t"] for g in data["groups"] for m in g["m"]]
     assert srcs and all(srcs), "a member without an image"
     assert not any("://" in s for s in srcs), srcs  # relative to the page: opens from disk
@@ -91,7 +93,9 @@ def _report_images(report: Path) -> list[Path]:
 
 def test_dedup_of_a_local_out_whose_catalog_is_elsewhere(photos: Path, tmp_path: Path) -> None:
     out, catalog = tmp_path / "out", tmp_path / "driver" / "run.sqlite"
-    code, output = _cli("run", str(photos), "--out", str(out), "--catalog", str(catalog), "-q", "--procs", "1")
+    code, output = _cli(
+        "run", str(photos), "--out", str(out), "--catalog", str(catalog), "-q", "--procs", "1"
+    )
     assert code == 0, output
     assert not (out / "catalog.sqlite").exists()
     report = tmp_path / "pages" / "dups.html"
@@ -152,7 +156,14 @@ def s3(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     for name, value in moto.env().items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     s3fs.S3FileSystem.clear_instance_cache()
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
@@ -164,10 +175,14 @@ def s3(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     fs.rm("bucket", recursive=True)
 
 
-def test_dedup_of_an_s3_run_reads_its_thumbnails_once(photos: Path, s3: Any, moto: Any, tmp_path: Path) -> None:
+def test_dedup_of_an_s3_run_reads_its_thumbnails_once(
+    photos: Path, s3: Any, moto: Any, tmp_path: Path
+) -> None:
     driver = tmp_path / "driver"
     catalog = driver / "run1.sqlite"
-    code, output = _cli("run", str(photos), "--out", "s3://bucket/run1", "--catalog", str(catalog), "-q", "--procs", "1")
+    code, output = _cli(
+        "run", str(photos), "--out", "s3://bucket/run1", "--catalog", str(catalog), "-q", "--procs", "1"
+    )
     assert code == 0, output
     s3.invalidate_cache()
     assert s3.find("bucket/run1/thumbs")  # the thumbnails are objects, nothing local
@@ -196,7 +211,9 @@ def test_dedup_of_an_s3_run_reads_its_thumbnails_once(photos: Path, s3: Any, mot
     assert left == {"run1.sqlite", csv_path.name, json_path.name}
 
     # --output: the files go there instead, under their usual names.
-    code, output = _cli("dedup", "s3://bucket/run1", "--catalog", str(catalog), "--output", str(tmp_path / "o"))
+    code, output = _cli(
+        "dedup", "s3://bucket/run1", "--catalog", str(catalog), "--output", str(tmp_path / "o")
+    )
     assert code == 0, output
     assert _groups(tmp_path / "o" / "duplicates.csv")[0] == GROUPS
 
@@ -210,7 +227,10 @@ def test_dedup_waits_for_a_run_on_its_catalog_beside_an_object_store(
     """A run to an fsspec OUT (``local://``, as ``s3://`` would be) holds its catalog's lock:
     dedup of that catalog stops at once, naming it, and leaves the run alone."""
     gate = Gate(server)
-    manifest, catalog = _manifest(tmp_path / "m.csv", server, "/slow.jpg", "/fast.jpg"), tmp_path / "run1.sqlite"
+    manifest, catalog = (
+        _manifest(tmp_path / "m.csv", server, "/slow.jpg", "/fast.jpg"),
+        tmp_path / "run1.sqlite",
+    )
     out = f"local://{tmp_path / 'bucket'}"
     (tmp_path / "bucket").mkdir()
     first = _start(manifest, out, "--catalog", str(catalog), "--no-thumbnails", "--no-keep-originals")
