@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import os
 import tempfile
 import threading
@@ -381,7 +382,10 @@ def copy_objects(url: str, rels: list[str], dest: Path) -> list[str]:
 
 
 async def _cat_all(fs, keys: list[str]) -> list[bytes | BaseException]:  # type: ignore[no-untyped-def]
-    return await asyncio.gather(*(fs._cat_file(key) for key in keys), return_exceptions=True)
+    # s3fs asks for an object's size (a HEAD) before each whole read, to split large ones into
+    # ranges; thumbnails are small: one GET each.
+    whole = {"max_concurrency": 1} if "max_concurrency" in inspect.signature(fs._cat_file).parameters else {}
+    return await asyncio.gather(*(fs._cat_file(key, **whole) for key in keys), return_exceptions=True)
 
 
 def _cat_or_error(fs, key: str) -> bytes | BaseException:  # type: ignore[no-untyped-def]

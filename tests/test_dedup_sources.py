@@ -199,15 +199,16 @@ def test_dedup_of_an_s3_run_reads_its_thumbnails_once(
     groups, _ = _groups(csv_path)
     assert groups == GROUPS
     assert json.loads(json_path.read_text())["chelsea.jpg"] == []
-    # Each thumbnail needed is read once, whatever the number of pairs and checks: the near
-    # search and the report together read at most the 6 distinct pictures' and the 5 members'.
-    assert set(moto.counts) <= {"GET", "HEAD"} and moto.counts["GET"] <= 6 + 5, moto.counts
+    # Each thumbnail needed is read once, one GET (no HEAD), whatever the number of pairs and
+    # checks: the near search at most the 6 distinct pictures', the report its 5 members'.
+    assert set(moto.counts) == {"GET"} and moto.counts["GET"] <= 6 + 5, moto.counts
     # The report shows local copies of the members' thumbnails, beside the page.
     images = _report_images(report)
     assert len(images) == 5 and all(p.is_file() for p in images)
     assert all(p.resolve().is_relative_to((tmp_path / "pages").resolve()) for p in images)
     # Nothing left behind beside the catalog but the catalog and the outputs.
-    left = {p.name for p in driver.iterdir()} - {"run1.sqlite-wal", "run1.sqlite-shm", "run1.sqlite.lock"}
+    sqlite_files = {"run1.sqlite-wal", "run1.sqlite-shm", "run1.sqlite.lock"}
+    left = {p.name for p in driver.iterdir()} - sqlite_files
     assert left == {"run1.sqlite", csv_path.name, json_path.name}
 
     # --output: the files go there instead, under their usual names.
@@ -216,6 +217,12 @@ def test_dedup_of_an_s3_run_reads_its_thumbnails_once(
     )
     assert code == 0, output
     assert _groups(tmp_path / "o" / "duplicates.csv")[0] == GROUPS
+
+    # A thumbnail gone from the store: the same clear error as for a local OUT, nothing left.
+    s3.rm(next(iter(s3.find("bucket/run1/thumbs"))))
+    code, output = _cli("dedup", "s3://bucket/run1", "--catalog", str(catalog), "--max-distance", "32")
+    assert code == 1 and output.startswith("Error: thumbnail thumbs/") and "--no-verify" in output, output
+    assert {p.name for p in driver.iterdir()} - sqlite_files == left
 
 
 # --- the lock ------------------------------------------------------------------------------
