@@ -490,7 +490,10 @@ def _thumbnail_root(files: RunFiles, paths: dict[int, str | None]) -> Iterator[P
         return
     from pipeline.remote_store import copy_objects
 
-    folder = Path(tempfile.mkdtemp(prefix=f".{files.catalog.name}.thumbs-", dir=files.catalog.parent))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{files.catalog.name}.thumbs-", dir=files.catalog.parent))
+    except OSError as exc:
+        raise StorageError(f"cannot make a folder for the thumbnails beside {files.catalog}: {exc}") from exc
     try:
         copy_objects(str(files.out), [p for p in paths.values() if p], folder)
         yield folder
