@@ -439,9 +439,9 @@ def dedup(
     """
     started = time.perf_counter()
     options = options or DedupOptions()
-    files = run_files(out, catalog, output)
-    with Catalog(files.catalog) as catalog_, contextlib.ExitStack() as scratch:
-        items, hashed = _load(catalog_)
+    files = run_files(out, catalog, output)  # the argument is used up: the name is the open catalog's
+    with Catalog(files.catalog) as catalog, contextlib.ExitStack() as scratch:  # noqa: PLR1704
+        items, hashed = _load(catalog)
         n = len(items.rows)
         # Exact: each SHA-256's earliest row is its content; the rest join it at distance 0.
         first_of: dict[str, int] = {}
@@ -454,16 +454,16 @@ def dedup(
         check = None
         if options.verify:
             involved = np.unique(np.concatenate(pairs[:2]))
-            paths = _thumb_paths(catalog_, items.rows[involved])
+            paths = _thumb_paths(catalog, items.rows[involved])
             root = scratch.enter_context(_thumbnail_root(files, paths))
-            check = ThumbnailCheck(root, paths, _load_verdicts(catalog_))
+            check = ThumbnailCheck(root, paths, _load_verdicts(catalog))
             _check_candidates(items, pairs, check, options)
         roots, joined = _near_groups(items, pairs, check, options)
         candidates = len(pairs[0])
         group_of = roots[content]
         members = _members(items, group_of, joined, content, options)
-        _save(catalog_, members, check, options)
-        write_outputs(catalog_, files.csv, files.json)
+        _save(catalog, members, check, options)
+        write_outputs(catalog, files.csv, files.json)
     exact = sum(1 for m in members if m[3] == "exact" and m[0] != m[2])
     duplicates = sum(1 for m in members if m[0] != m[2])
     return DedupResult(
