@@ -33,7 +33,6 @@ import click
 
 from pipeline import __version__
 from pipeline.catalog import Catalog, locate
-from pipeline.config import CSV_NAME as DUPLICATES_CSV
 from pipeline.config import (
     DEFAULT_FORMATS,
     DEFAULT_USER_AGENT,
@@ -46,7 +45,6 @@ from pipeline.config import (
     ProcessOptions,
     parse_size,
 )
-from pipeline.config import JSON_NAME as DUPLICATES_JSON
 from pipeline.errors import PipelineError, UsageError
 from pipeline.executors import EXECUTORS, make_executor
 from pipeline.export import FORMATS, export
@@ -330,35 +328,60 @@ _D = DedupOptions()
 
 
 @main.command("dedup")
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out")
+@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), help="The run's catalog file, when its run was given --catalog. [default: OUT/catalog.sqlite; required when OUT is a URL]")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Folder for duplicates.csv and duplicates.json. [default: OUT; for a URL OUT, beside the catalog as <catalog stem>.duplicates.csv/.json]")
 @click.option("--max-distance", type=int, default=_D.max_distance, show_default=True, help="pHash bits (of 64) within which two images are compared at all.")
 @click.option("--keep", type=click.Choice(KEEP), default=_D.keep, show_default=True, help="Group representative: most pixels, smallest file, or first row (ties: first row).")
 @click.option("--verify/--no-verify", default=_D.verify, show_default=True, help="Check each near pair on the stored thumbnails; --no-verify trusts pHash + dHash alone.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static HTML page of the groups to FILE.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static HTML page of the groups to FILE (for a URL OUT, with local copies of the thumbnails shown in FILE's folder, <name>_files/).")
 @_handle_errors
-def dedup_command(out: Path, max_distance: int, keep: str, verify: bool, report: Path | None) -> None:
+def dedup_command(
+    out: str, catalog: Path | None, output: Path | None, max_distance: int, keep: str, verify: bool, report: Path | None
+) -> None:
     """Group exact and near-duplicate images of the run in OUT.
 
-    Writes the groups to the catalog, OUT/duplicates.csv and OUT/duplicates.json
-    (imagededup's find_duplicates shape). Rerun after more rows were added: hashes are
-    read from the catalog and earlier thumbnail checks are reused.
+    OUT is the run's --out: a folder, or an fsspec URL (s3://bucket/run1, with --catalog).
+    Writes the groups to the catalog, duplicates.csv and duplicates.json (imagededup's
+    find_duplicates shape). Rerun after more rows were added: hashes are read from the
+    catalog and earlier thumbnail checks are reused. A --no-thumbnails run has exact
+    groups only (a note says so).
     """
     # Imported here: numpy and Pillow cost the parent of every `pipeline run` ~30 MB and 80 ms.
-    from pipeline.dedup import dedup
+    from pipeline.dedup import dedup, report_thumbnails, run_files
     from pipeline.dedup_report import write_report
 
     options = DedupOptions(max_distance=max_distance, keep=keep, verify=verify)
-    Catalog(locate(out), readonly=True).close()  # a folder without a run: a usage error, no lock file left
-    with _out_locked(out):  # it rewrites the groups a run's --force would delete
-        r = dedup(out, options)
+    files = run_files(out, catalog, output)  # no run there: a usage error, no lock file left
+    Catalog(files.catalog, readonly=True).close()
+    with _dedup_locked(files.out, files.catalog):  # it rewrites the groups a run's --force would delete
+        r = dedup(files.out, options, catalog=files.catalog, output=output)
+    if r.notice:
+        click.echo(f"Note: {r.notice}", err=True)
     click.echo(
         f"{r.images:,} images: {r.groups:,} groups, {r.duplicates:,} duplicates ({r.exact:,} exact) "
         f"in {r.elapsed_s:,.1f} s; {r.candidates:,} candidate pairs, {r.checked:,} checked, {r.cached:,} reused"
     )
-    click.echo(f"Written: {out / DUPLICATES_CSV}, {out / DUPLICATES_JSON}")
+    click.echo(f"Written: {r.written[0]}, {r.written[1]}")
     if report is not None:
-        pages = write_report(out, report)
+        thumbs = report_thumbnails(files, report.with_name(report.stem + "_files"))
+        pages = write_report(files.out, report, catalog=files.catalog, thumbs=thumbs)
         click.echo(f"Report: {report} ({pages:,} groups)")
+
+
+def _dedup_locked(out: Path | str, catalog: Path) -> contextlib.ExitStack:
+    """The locks the run of OUT holds: OUT's (a local OUT) and its catalog's when that is
+    elsewhere (always for a URL OUT)."""
+    stack = contextlib.ExitStack()
+    try:
+        if isinstance(out, Path):
+            stack.enter_context(locked(out_lock_path(out), out))
+        if not isinstance(out, Path) or catalog.resolve().parent != out.resolve():
+            stack.enter_context(locked(catalog_lock_path(catalog), catalog, instead="--catalog"))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
 
 def _out_locked(out: Path | None, catalog: Path | None = None) -> contextlib.ExitStack:

@@ -24,10 +24,13 @@ Nothing is decoded again except, for near pairs, the small stored thumbnails. St
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions
-from pipeline.errors import CatalogError, DedupError, UsageError
+from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions, is_url
+from pipeline.errors import CatalogError, DedupError, StorageError, UsageError
 from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement
 
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
@@ -54,6 +57,58 @@ class DedupResult:
     checked: int  # thumbnail checks run now
     cached: int  # thumbnail checks reused from an earlier dedup
     elapsed_s: float
+    written: tuple[Path, Path] = (Path(CSV_NAME), Path(JSON_NAME))  # duplicates.csv, .json
+    notice: str | None = None  # why some images were left out of the near search
+
+
+@dataclass(frozen=True, slots=True)
+class RunFiles:
+    """Where a run's pieces are: ``out`` (a local folder or an fsspec URL: the thumbnails'
+    root), its catalog, and where duplicates.csv/.json go."""
+
+    out: Path | str
+    catalog: Path
+    csv: Path
+    json: Path
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.out, str)
+
+
+def run_files(
+    out: str | Path, catalog: str | Path | None = None, output: str | Path | None = None
+) -> RunFiles:
+    """Find the run: OUT/catalog.sqlite, or ``catalog`` (a run's ``--catalog``). Outputs go to
+    ``output``, else OUT, else (OUT is a URL) beside the catalog as ``<catalog stem>.duplicates.*``.
+
+    Raises ``UsageError`` for what cannot be a run, saying what to give instead.
+    """
+    remote = is_url(str(out))
+    where: Path | str = str(out).rstrip("/") if remote else Path(out)
+    if remote and catalog is None:
+        raise UsageError(
+            f"{out} is not a local folder: give --catalog PATH, the catalog file its `pipeline run` wrote"
+        )
+    if isinstance(where, Path) and where.is_file():
+        raise UsageError(
+            f"{out} is a file: give the run's OUT (where its thumbnails are) and the catalog as --catalog {out}"
+        )
+    if isinstance(where, Path) and not where.is_dir():
+        raise UsageError(f"no folder {out}: give the run's OUT")
+    path = Path(catalog) if catalog is not None else Path(where) / CATALOG_NAME
+    if not path.is_file():
+        hint = "" if catalog is not None else " (a run with --catalog elsewhere: give the same --catalog)"
+        raise UsageError(f"no catalog at {path}: is this a pipeline output folder?{hint}")
+    if output is not None:
+        folder, prefix = Path(output), ""
+    elif isinstance(where, Path):
+        folder, prefix = where, ""
+    else:
+        folder, prefix = path.parent, f"{path.stem}."
+    return RunFiles(
+        out=where, catalog=path, csv=folder / f"{prefix}{CSV_NAME}", json=folder / f"{prefix}{JSON_NAME}"
+    )
 
 
 # --- the index -------------------------------------------------------------------------------
@@ -217,21 +272,41 @@ class _Items:
     size: np.ndarray
 
 
-def _load(catalog: Catalog) -> _Items:
+_NO_HASH = "0" * 16
+
+
+def _load(catalog: Catalog) -> tuple[_Items, np.ndarray]:
+    """The ok rows, and which of them have perceptual hashes (a ``--no-thumbnails`` run's
+    rows have only their SHA-256: exact groups, no near search; their hashes read as 0)."""
     data = catalog.db.execute(
-        "SELECT row, sha256, phash, dhash, width * height, bytes FROM items "
-        "WHERE status = 'ok' AND phash IS NOT NULL AND dhash IS NOT NULL ORDER BY row"
+        "SELECT row, sha256, phash, dhash, COALESCE(width * height, 0), COALESCE(bytes, 0) FROM items "
+        "WHERE status = 'ok' AND sha256 IS NOT NULL ORDER BY row"
     ).fetchall()
     if not data:
         _raise_nothing(catalog)
     rows, sha, ph, dh, px, size = zip(*data)
-    return _Items(
+    hashed = np.array([p is not None and d is not None for p, d in zip(ph, dh)], bool)
+    items = _Items(
         rows=np.array(rows, np.int64),
         sha=list(sha),
-        phash=hex_to_u64(list(ph)),
-        dhash=hex_to_u64(list(dh)),
+        phash=hex_to_u64([p if h else _NO_HASH for p, h in zip(ph, hashed.tolist())]),
+        dhash=hex_to_u64([d if h else _NO_HASH for d, h in zip(dh, hashed.tolist())]),
         pixels=np.array(px, np.int64),
         size=np.array(size, np.int64),
+    )
+    return items, hashed
+
+
+def _unhashed_notice(unhashed: int, n: int) -> str | None:
+    if not unhashed:
+        return None
+    if unhashed == n:
+        return (
+            "near duplicates need thumbnails, which this run did not make (--no-thumbnails): only exact "
+            "groups (same SHA-256) were looked for; rerun `pipeline run` without it (--force) for near groups"
+        )
+    return (
+        f"{unhashed:,} of the {n:,} images have no thumbnails (--no-thumbnails): only exact groups for them"
     )
 
 
@@ -348,19 +423,25 @@ def _representative(items: _Items, members: np.ndarray, keep: str) -> int:
     return int(members[best])
 
 
-def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
+def dedup(
+    out: str | Path,
+    options: DedupOptions | None = None,
+    *,
+    catalog: str | Path | None = None,
+    output: str | Path | None = None,
+) -> DedupResult:
     """Group the duplicates among the ok rows of the run in ``out``; write catalog + files.
 
-    Raises ``DedupError`` for a folder without images or without the thumbnails to check.
+    ``out`` is the run's OUT, a local folder or an fsspec URL (its thumbnails are read from
+    there); ``catalog`` its ``--catalog`` if not OUT/catalog.sqlite (required for a URL);
+    ``output`` the folder for duplicates.csv/.json (see ``run_files``). Raises ``DedupError``
+    for a run without images or without the thumbnails to check.
     """
     started = time.perf_counter()
     options = options or DedupOptions()
-    out = Path(out)
-    path = out / CATALOG_NAME
-    if not path.is_file():
-        raise UsageError(f"no catalog at {path}: is this a pipeline output folder?")
-    with Catalog(path) as catalog:
-        items = _load(catalog)
+    files = run_files(out, catalog, output)  # the argument is used up: the name is the open catalog's
+    with Catalog(files.catalog) as catalog, contextlib.ExitStack() as scratch:  # noqa: PLR1704
+        items, hashed = _load(catalog)
         n = len(items.rows)
         # Exact: each SHA-256's earliest row is its content; the rest join it at distance 0.
         first_of: dict[str, int] = {}
@@ -368,18 +449,21 @@ def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
         for idx, sha in enumerate(items.sha):
             content[idx] = first_of.setdefault(sha, idx)
         contents = np.fromiter(first_of.values(), np.int64, len(first_of))
+        contents = contents[hashed[contents]]  # near search: only contents with perceptual hashes
         pairs = _candidates(items, contents, options)
         check = None
         if options.verify:
             involved = np.unique(np.concatenate(pairs[:2]))
-            check = ThumbnailCheck(out, _thumb_paths(catalog, items.rows[involved]), _load_verdicts(catalog))
+            paths = _thumb_paths(catalog, items.rows[involved])
+            root = scratch.enter_context(_thumbnail_root(files, paths))
+            check = ThumbnailCheck(root, paths, _load_verdicts(catalog))
             _check_candidates(items, pairs, check, options)
         roots, joined = _near_groups(items, pairs, check, options)
         candidates = len(pairs[0])
         group_of = roots[content]
         members = _members(items, group_of, joined, content, options)
         _save(catalog, members, check, options)
-        write_outputs(catalog, out)
+        write_outputs(catalog, files.csv, files.json)
     exact = sum(1 for m in members if m[3] == "exact" and m[0] != m[2])
     duplicates = sum(1 for m in members if m[0] != m[2])
     return DedupResult(
@@ -391,7 +475,43 @@ def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
         checked=len(check.new) if check else 0,
         cached=check.reused if check else 0,
         elapsed_s=time.perf_counter() - started,
+        written=(files.csv, files.json),
+        notice=_unhashed_notice(int((~hashed).sum()), n),
     )
+
+
+@contextlib.contextmanager
+def _thumbnail_root(files: RunFiles, paths: dict[int, str | None]) -> Iterator[Path]:
+    """A local folder under which the thumbnails ``paths`` are: OUT itself, or for an object
+    store a temp folder beside the catalog into which each is downloaded once (concurrently),
+    removed afterwards."""
+    if not files.remote:
+        yield Path(files.out)
+        return
+    from pipeline.remote_store import copy_objects
+
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{files.catalog.name}.thumbs-", dir=files.catalog.parent))
+    except OSError as exc:
+        raise StorageError(f"cannot make a folder for the thumbnails beside {files.catalog}: {exc}") from exc
+    try:
+        copy_objects(str(files.out), [p for p in paths.values() if p], folder)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def report_thumbnails(files: RunFiles, dest: Path) -> Path:
+    """The local folder the report's thumbnails are under: OUT, or for an object store
+    ``dest``, into which the grouped rows' thumbnails are downloaded (once, concurrently)."""
+    if not files.remote:
+        return Path(files.out)
+    from pipeline.remote_store import copy_objects
+
+    with Catalog(files.catalog, readonly=True) as catalog:
+        rels = [_smallest(r["thumbnails"]) for r in iter_grouped(catalog)]
+    copy_objects(str(files.out), [r for r in rels if r], dest)
+    return dest
 
 
 Member = tuple[int, int, int, str, int, int]  # row, group_id, representative, kind, distance, join_distance
@@ -428,9 +548,14 @@ def _thumb_paths(catalog: Catalog, rows: np.ndarray) -> dict[int, str | None]:
     paths: dict[int, str | None] = {}
     for row in rows.tolist():
         (thumbs,) = catalog.db.execute("SELECT thumbnails FROM items WHERE row = ?", (row,)).fetchone()
-        listed = json.loads(thumbs) if thumbs else []
-        paths[row] = min(listed, key=_pixels)["path"] if listed else None
+        paths[row] = _smallest(thumbs)
     return paths
+
+
+def _smallest(thumbs: str | None) -> str | None:
+    """The path of the smallest thumbnail in a row's ``thumbnails`` column (the one checked and shown)."""
+    listed = json.loads(thumbs) if thumbs else []
+    return min(listed, key=_pixels)["path"] if listed else None
 
 
 def _pixels(thumb: dict[str, Any]) -> int:
@@ -480,10 +605,20 @@ def iter_grouped(catalog: Catalog) -> Iterator[sqlite3.Row]:
     yield from catalog.db.execute(_GROUPED)
 
 
-def write_outputs(catalog: Catalog, out: Path) -> None:
-    """OUT/duplicates.csv and OUT/duplicates.json (imagededup's ``find_duplicates`` shape)."""
+def write_outputs(catalog: Catalog, csv_path: Path, json_path: Path) -> None:
+    """duplicates.csv and duplicates.json (imagededup's ``find_duplicates`` shape), each
+    written whole under a temp name first."""
+    try:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_outputs(catalog, csv_path, json_path)
+    except OSError as exc:
+        raise StorageError(f"cannot write the duplicates files: {exc}") from exc
+
+
+def _write_outputs(catalog: Catalog, csv_path: Path, json_path: Path) -> None:
     groups: dict[int, list[str]] = {}
-    tmp = out / (CSV_NAME + ".tmp")
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
@@ -492,7 +627,7 @@ def write_outputs(catalog: Catalog, out: Path) -> None:
                 (r["group_id"], r["key"], r["url"], r["sha256"], r["kind"], r["distance"], int(r["is_rep"]))
             )
             groups.setdefault(r["group_id"], []).append(r["row"])
-    tmp.replace(out / CSV_NAME)
+    tmp.replace(csv_path)
     # imagededup lists every file, with [] when it has no duplicate. Keyed by manifest key,
     # unless keys repeat among the images: then by row number, or rows would collapse.
     ok = catalog.db.execute("SELECT row, key FROM items WHERE status = 'ok' ORDER BY row").fetchall()
@@ -502,6 +637,6 @@ def write_outputs(catalog: Catalog, out: Path) -> None:
     for rows in groups.values():
         for row in rows:
             found[name[row]] = [name[o] for o in rows if o != row]
-    tmp = out / (JSON_NAME + ".tmp")
+    tmp = json_path.with_name(json_path.name + ".tmp")
     tmp.write_text(json.dumps(found, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out / JSON_NAME)
+    tmp.replace(json_path)

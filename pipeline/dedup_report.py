@@ -22,13 +22,26 @@ from pipeline.errors import DedupError, StorageError
 PAGE_SIZE = 50
 
 
-def write_report(out: str | Path, dest: str | Path, *, page_size: int = PAGE_SIZE) -> int:
-    """Write the report of the groups in ``out`` to ``dest``; returns the number of groups."""
-    out, dest = Path(out), Path(dest)
-    with Catalog(out / CATALOG_NAME, readonly=True) as catalog:
-        if catalog.get_meta("dedup") is None:
+def write_report(
+    out: str | Path,
+    dest: str | Path,
+    *,
+    page_size: int = PAGE_SIZE,
+    catalog: str | Path | None = None,
+    thumbs: str | Path | None = None,
+) -> int:
+    """Write the report of the groups in ``out`` to ``dest``; returns the number of groups.
+
+    ``catalog``: the run's catalog if not OUT/catalog.sqlite; ``thumbs``: the local folder the
+    catalog's thumbnail paths start from, if not OUT (local copies of an object store's).
+    """
+    dest = Path(dest)
+    source = Path(catalog) if catalog is not None else Path(out) / CATALOG_NAME
+    with Catalog(source, readonly=True) as catalog_:
+        if catalog_.get_meta("dedup") is None:
             raise DedupError(f"no duplicate groups in {out} yet: run `pipeline dedup {out}` first")
-        groups = _groups(catalog, out, dest.resolve().parent)
+        groups = _groups(catalog_, Path(thumbs if thumbs is not None else out), dest.resolve().parent)
+    out = Path(str(out).rstrip("/"))
     images = sum(len(g["m"]) for g in groups)
     # "</" cannot end the script element early once escaped; JSON stays valid.
     data = json.dumps({"groups": groups, "pageSize": page_size}, separators=(",", ":")).replace("</", "<\\/")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import os
 import tempfile
 import threading
@@ -339,3 +340,61 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
+
+
+# -- reading back (``pipeline dedup`` of a run whose OUT is a URL) -----------------------------
+
+READS_AT_ONCE = 64  # objects asked for together; their bytes are held until written locally
+
+
+def copy_objects(url: str, rels: list[str], dest: Path) -> list[str]:
+    """Download the objects ``rels`` (paths relative to the store ``url``, as the catalog lists
+    them) to the same relative paths under the local folder ``dest``; return those missing.
+
+    One GET per object, ``READS_AT_ONCE`` at a time: on the filesystem's own event loop for
+    s3fs/gcsfs, on a few threads otherwise. A missing object is skipped (its reader says
+    which); any other failure (no bucket, wrong keys, access denied) is ``StorageError``.
+    """
+    fs, base = _filesystem(url.rstrip("/"))
+    base = base.rstrip("/")
+    safe = sorted({r for r in rels if _is_relative(r)})
+    missing = [r for r in rels if not _is_relative(r)]
+    for start in range(0, len(safe), READS_AT_ONCE):
+        chunk = safe[start : start + READS_AT_ONCE]
+        keys = [f"{base}/{rel}" for rel in chunk]
+        if getattr(fs, "async_impl", False):
+            from fsspec.asyn import sync
+
+            got = sync(fs.loop, _cat_all, fs, keys)
+        else:
+            with ThreadPoolExecutor(SYNC_UPLOAD_THREADS, thread_name_prefix="pipeline-read") as pool:
+                got = list(pool.map(lambda key: _cat_or_error(fs, key), keys))
+        for rel, data in zip(chunk, got):
+            if isinstance(data, FileNotFoundError):
+                missing.append(rel)
+            elif isinstance(data, BaseException):
+                raise StorageError(f"cannot read from {url}: {type(data).__name__}: {data}") from data
+            else:
+                path = dest / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+    return missing
+
+
+async def _cat_all(fs, keys: list[str]) -> list[bytes | BaseException]:  # type: ignore[no-untyped-def]
+    # s3fs asks for an object's size (a HEAD) before each whole read, to split large ones into
+    # ranges; thumbnails are small: one GET each.
+    whole = {"max_concurrency": 1} if "max_concurrency" in inspect.signature(fs._cat_file).parameters else {}
+    return await asyncio.gather(*(fs._cat_file(key, **whole) for key in keys), return_exceptions=True)
+
+
+def _cat_or_error(fs, key: str) -> bytes | BaseException:  # type: ignore[no-untyped-def]
+    try:
+        return fs.cat_file(key)
+    except Exception as exc:  # noqa: BLE001  (reported per object by the caller, as gather does)
+        return exc
+
+
+def _is_relative(rel: str) -> bool:
+    pure = PurePosixPath(rel)
+    return bool(pure.parts) and not pure.is_absolute() and ".." not in pure.parts
