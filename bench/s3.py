@@ -59,6 +59,11 @@ CREDENTIALS = {
 }
 
 
+# What a client of the local server must not inherit: another profile or session, or a proxy
+# that would take its requests off the loopback.
+FOREIGN_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
 class MotoServer:
     """moto's S3 (and every other moto service) on ``127.0.0.1:<free port>``, in threads.
 
@@ -232,14 +237,7 @@ def run_once(
     else:
         out = ["--out", str(work / "out")]
     env = {**os.environ, **server.env(), "PYTHONPATH": str(args.tree)}
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-    ):
+    for name in FOREIGN_ENV:
         env.pop(name, None)
     command = [
         sys.executable,

@@ -8,6 +8,7 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
@@ -65,3 +66,39 @@ def encode(im: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
 
 def jpeg(width: int = 640, height: int = 480, seed: int = 0, quality: int = 85) -> bytes:
     return encode(photo(width, height, seed), "JPEG", quality=quality)
+
+
+# --- a local S3 (moto) for the object-store tests ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[Any]:
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    from bench.s3 import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An s3fs filesystem on the test server; worker processes inherit the same env."""
+    import fsspec
+    import s3fs
+
+    from bench.s3 import FOREIGN_ENV
+
+    for name, value in moto.env().items():
+        monkeypatch.setenv(name, value)
+    for name in FOREIGN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()  # stores made in this process build their own
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("bucket")
+    moto.reset_counts()
+    yield fs
+    moto.hook = None
+    moto.wait_idle()  # uploads a test held and released are answered before the bucket goes
+    fs.invalidate_cache()
+    fs.rm("bucket", recursive=True)

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -136,43 +135,6 @@ def test_dedup_of_a_no_thumbnails_run_gives_exact_groups_and_a_notice(photos: Pa
 
 
 # --- an object-store OUT -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[Any]:
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto.server")
-    from bench.s3 import MotoServer
-
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def s3(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An s3fs filesystem on the test server; worker processes inherit the same env."""
-    import fsspec
-    import s3fs
-
-    for name, value in moto.env().items():
-        monkeypatch.setenv(name, value)
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("bucket")
-    moto.reset_counts()
-    yield fs
-    moto.wait_idle()
-    fs.invalidate_cache()
-    fs.rm("bucket", recursive=True)
 
 
 def test_dedup_of_an_s3_run_reads_its_thumbnails_once(

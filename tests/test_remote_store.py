@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,43 +36,6 @@ fsspec = pytest.importorskip("fsspec")
 pytestmark = pytest.mark.timeout(120)
 SHA = "ab" + "0" * 62
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[Any]:
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto.server")
-    from bench.s3 import MotoServer
-
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def s3(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An s3fs filesystem on the test server; worker processes inherit the same env."""
-    for name, value in moto.env().items():
-        monkeypatch.setenv(name, value)
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()  # stores made in this process build their own
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("bucket")
-    moto.reset_counts()
-    yield fs
-    moto.hook = None
-    moto.wait_idle()  # uploads a test held and released are answered before the bucket goes
-    fs.invalidate_cache()
-    fs.rm("bucket", recursive=True)
 
 
 class Gate:
