@@ -1,11 +1,12 @@
 """The labelled set of bench/dedup_quality.py: bases, their copies, and hard negatives.
 
-Bases (cycled by index): real photographs (a corner window of one of 16 scikit-image
-photographs, 4 windows each, scaled to 640x480 with grain: windows of one source overlap by
-at most ~10% per side, so they are different pictures), photo-like, document-like,
-product-shot and screenshot-like synthetic pictures. Each base gets ``copies`` of the transforms
-of ``TRANSFORMS`` (a rotating window, so each is used equally often) and a byte-identical copy. Each base gets one hard negative: a different
-picture that shares what makes look-alikes look alike, with two copies (resize50, grayscale):
+Bases: 40% real photographs (up to 64: a corner window, 55% of the side, of one of 16
+scikit-image photographs, scaled to 640x480 with grain; the windows of one source overlap
+by ~10% per side, so they are different pictures), the rest cycling through photo-like,
+document-like, product-shot and screenshot-like synthetic pictures. Each base gets
+``copies`` of the ``TRANSFORMS`` (a rotating window, so each is used equally often) and a
+byte-identical copy, and one hard negative: a different picture that shares what makes
+look-alikes look alike, with two copies (resize50, grayscale):
 
 - real photographs: a burst shot, the frame moved by 12% (even bases) or the same frame with
   an object moved (two 28% patches swapped; odd bases);
