@@ -99,7 +99,9 @@ def _photo(own: random.Random, layout: random.Random) -> Image.Image:
         x1, y1 = x0 + r.randrange(20, W // 2), y0 + r.randrange(20, H // 2)
         colour = tuple(r.randrange(256) for _ in range(3))
         (draw.ellipse if r.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
-    return Image.blend(im, Image.effect_noise((W, H), 20).convert("RGB"), 0.12)
+    # Seeded noise (Image.effect_noise draws from C's rand(), so reruns differed).
+    noise = np.random.default_rng(own.getrandbits(32)).normal(128.0, 20.0, (H, W))
+    return Image.blend(im, Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).convert("RGB"), 0.12)
 
 
 def _document(own: random.Random, layout: random.Random) -> Image.Image:

@@ -322,6 +322,13 @@ def main() -> None:
     for t, ps in sorted(truth.copies.items()):
         got = [stages(ours, a, b) for a, b in ps]
         per_stage[t] = {s: round(sum(g[s] for g in got) / len(got), 4) for s in got[0]} | {"n": len(got)}
+    by_kind: dict[str, dict[str, float]] = {}  # accepted share per transform and base kind
+    for t, ps in sorted(truth.copies.items()):
+        for kind in sorted({labels[b]["kind"] for _, b in ps}):
+            mine = [p for p in ps if labels[p[1]]["kind"] == kind]
+            by_kind.setdefault(t, {})[kind] = round(
+                sum(_pair(*p) in ours["grouped"] for p in mine) / len(mine), 4
+            )
     methods: dict[str, dict] = {
         "ours": {
             "threshold": "defaults",
@@ -358,7 +365,7 @@ def main() -> None:
         "thresholds_from": str(args.thresholds) if args.thresholds else "tuned on this set",
         "thresholds": thresholds, "seconds": {"generate": round(gen_s), "run": round(ours["run_s"]),
                                               "dedup": round(ours["dedup_s"]), "anchor_hashes": round(hash_s)},
-        "stages": per_stage, "methods": methods,
+        "stages": per_stage, "accepted_by_kind": by_kind, "methods": methods,
     }  # fmt: skip
     _print(result)
     dest = args.out or ROOT / "bench" / "results" / f"dedup_quality-seed{args.seed}.json"
@@ -389,6 +396,12 @@ def _print(result: dict) -> None:
         flag = " !" if t in TARGETED and s["accepted"] < TARGET_RECALL else ""
         print(f"{t:<28}{s['n']:>4}{s['reached']:>9.2f}{s['hash_ok']:>9.2f}{s['thumb_ok']:>7.2f}"
               f"{s['accepted']:>8.2f}{flag:<2}{target:>6}{cells}")  # fmt: skip
+    kinds = sorted({k for row in result["accepted_by_kind"].values() for k in row})
+    print("\nours, accepted by base kind, targeted transforms (n ~ 44 / 5 kinds each: coarse)")
+    print(f"{'transform':<28}" + "".join(f"{k[:11]:>12}" for k in kinds))
+    for t in sorted(TARGETED):
+        row = result["accepted_by_kind"].get(t, {})
+        print(f"{t:<28}" + "".join(f"{row[k]:>12.2f}" if k in row else f"{'-':>12}" for k in kinds))
     print("\nhard negatives joined to their base's picture (share of bases)")
     kinds = list(methods["ours"]["per_negative_join_rate"])
     print(f"{'method':<24}" + "".join(f"{k[:13]:>14}" for k in kinds) + f"{'all':>8}")
