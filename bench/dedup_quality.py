@@ -397,7 +397,7 @@ def _print(result: dict) -> None:
         print(f"{t:<28}{s['n']:>4}{s['reached']:>9.2f}{s['hash_ok']:>9.2f}{s['thumb_ok']:>7.2f}"
               f"{s['accepted']:>8.2f}{flag:<2}{target:>6}{cells}")  # fmt: skip
     kinds = sorted({k for row in result["accepted_by_kind"].values() for k in row})
-    print("\nours, accepted by base kind, targeted transforms (n ~ 44 / 5 kinds each: coarse)")
+    print("\nours, accepted by base kind, targeted transforms (a fifth of n per cell: coarse)")
     print(f"{'transform':<28}" + "".join(f"{k[:11]:>12}" for k in kinds))
     for t in sorted(TARGETED):
         row = result["accepted_by_kind"].get(t, {})
