@@ -39,7 +39,7 @@ import numpy as np
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions
 from pipeline.errors import CatalogError, DedupError, UsageError
-from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement
+from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement, describe
 
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
 
@@ -116,6 +116,41 @@ def pairs_within(
     i, j = np.concatenate(found_i), np.concatenate(found_j)
     i, j = np.minimum(i, j), np.maximum(i, j)
     return i, j, popcount(h[i] ^ h[j])
+
+
+def pairs_across(
+    queries: np.ndarray, hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query ``q``, hash ``h``) with ``popcount(queries[q] ^ hashes[h]) <= radius``, once.
+
+    The same multi-index search as ``pairs_within``, with the buckets over ``hashes`` and
+    every flip pattern probed from the query side.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.uint64)
+    h = np.ascontiguousarray(hashes, dtype=np.uint64)
+    empty = np.empty(0, np.int64)
+    if not len(q) or not len(h):
+        return empty, empty, np.empty(0, np.uint8)
+    blocks = _plan_blocks(len(h), radius)
+    found_q: list[np.ndarray] = []
+    found_h: list[np.ndarray] = []
+    everyone = np.arange(len(q))
+    for k, (shift, width, flips) in enumerate(blocks):
+        mask = np.uint64((1 << width) - 1)
+        buckets = _Buckets(((h >> np.uint64(shift)) & mask).astype(np.int64), width)
+        own = ((q >> np.uint64(shift)) & mask).astype(np.int64)
+        for pattern in _patterns(width, flips):
+            for qi, hj in buckets.join(everyone, own ^ pattern, chunk):
+                x = q[qi] ^ h[hj]
+                ok = popcount(x) <= radius
+                for shift_e, width_e, flips_e in blocks[:k]:
+                    ok &= popcount((x >> np.uint64(shift_e)) & np.uint64((1 << width_e) - 1)) > flips_e
+                found_q.append(qi[ok])
+                found_h.append(hj[ok])
+    if not found_q:
+        return empty, empty, np.empty(0, np.uint8)
+    qi, hj = np.concatenate(found_q), np.concatenate(found_h)
+    return qi, hj, popcount(q[qi] ^ h[hj])
 
 
 def _plan_blocks(n: int, radius: int) -> list[tuple[int, int, int]]:
@@ -269,25 +304,54 @@ class _UnionFind:
         return a
 
 
+# A pair whose stored hashes are too far apart for the rule (a copy cropped or turned past
+# them) is a duplicate only on a stricter thumbnail match, which the crops and turns of the
+# check can reach but a look-alike sibling does not (bench/dedup_quality.py).
+GEOMETRY_SIMILARITY = 0.93
+VARIANT_RADIUS = 8  # pHash bits between a cropped/turned variant and a stored pHash
+
+
 def _accepts(items: _Items, check: ThumbnailCheck | None, options: DedupOptions, a: int, b: int) -> bool:
     dp = int(popcount(items.phash[a : a + 1] ^ items.phash[b : b + 1])[0])
     dd = int(popcount(items.dhash[a : a + 1] ^ items.dhash[b : b + 1])[0])
-    if dp + dd > options.max_sum:
-        return False
+    within = dp + dd <= options.max_sum
     if check is None:
-        return True
-    return (
-        check.score(int(items.rows[a]), items.sha[a], int(items.rows[b]), items.sha[b])
-        >= options.min_similarity
-    )
+        return within
+    need = options.min_similarity if within else max(options.min_similarity, GEOMETRY_SIMILARITY)
+    return check.score(int(items.rows[a]), items.sha[a], int(items.rows[b]), items.sha[b]) >= need
 
 
-def _candidates(items: _Items, contents: np.ndarray, options: DedupOptions) -> tuple[np.ndarray, ...]:
-    """Content pairs within ``max_distance`` in pHash, closest (pHash + dHash) first."""
+def _candidates(
+    items: _Items, contents: np.ndarray, options: DedupOptions, check: ThumbnailCheck | None = None
+) -> tuple[np.ndarray, ...]:
+    """Content pairs within ``max_distance`` in pHash, closest (pHash + dHash) first; with a
+    ``check``, then the pairs where a cropped or turned variant of one (computed from its
+    thumbnail) is within ``VARIANT_RADIUS`` of the other's pHash, closest variant first.
+    The third array is the stored pHash distance of each pair."""
     i, j, dp = pairs_within(items.phash[contents], options.max_distance)
     a, b = contents[i], contents[j]
     dd = popcount(items.dhash[a] ^ items.dhash[b])
-    order = np.lexsort((b, a, dp.astype(np.int64) + dd))
+    key = dp.astype(np.int64) + dd
+    if check is not None and len(contents) > 1:
+        variants = np.stack([check.variant_hashes(int(items.rows[c])) for c in contents.tolist()])
+        qi, hj, dv = pairs_across(variants.ravel(), items.phash[contents], VARIANT_RADIUS)
+        owner = qi // variants.shape[1]
+        mine = owner != hj
+        x, y = contents[owner[mine]], contents[hj[mine]]
+        x, y, dv = np.minimum(x, y), np.maximum(x, y), dv[mine].astype(np.int64)
+        n = len(items.rows)
+        seen = set((a * n + b).tolist())
+        code = x * n + y
+        order = np.lexsort((code, dv))
+        code, dv = code[order], dv[order]
+        _, first = np.unique(code, return_index=True)  # each pair at its closest variant
+        fresh = np.array([c not in seen for c in code[first].tolist()], bool)
+        code, dv = code[first][fresh], dv[first][fresh]
+        ga, gb = code // n, code % n
+        a, b = np.concatenate([a, ga]), np.concatenate([b, gb])
+        dp = np.concatenate([dp, popcount(items.phash[ga] ^ items.phash[gb])])
+        key = np.concatenate([key, 1000 + dv])  # after every pair the stored hashes found
+    order = np.lexsort((b, a, key))
     return a[order], b[order], dp[order]
 
 
@@ -295,9 +359,8 @@ def _check_candidates(
     items: _Items, pairs: tuple[np.ndarray, ...], check: ThumbnailCheck, options: DedupOptions
 ) -> None:
     """Score, in one batch, the candidates that pass the hash part of the rule."""
-    a, b, dp = pairs
-    gate = dp.astype(np.int64) + popcount(items.dhash[a] ^ items.dhash[b]) <= options.max_sum
-    a, b = a[gate].tolist(), b[gate].tolist()
+    a, b, _ = pairs  # every candidate: a pair past the hash rule may pass on a stricter match
+    a, b = a.tolist(), b.tolist()
     rows = items.rows.tolist()
     check.score_batch(
         [rows[x] for x in a], [items.sha[x] for x in a], [rows[y] for y in b], [items.sha[y] for y in b]
@@ -368,11 +431,11 @@ def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
         for idx, sha in enumerate(items.sha):
             content[idx] = first_of.setdefault(sha, idx)
         contents = np.fromiter(first_of.values(), np.int64, len(first_of))
-        pairs = _candidates(items, contents, options)
         check = None
         if options.verify:
-            involved = np.unique(np.concatenate(pairs[:2]))
-            check = ThumbnailCheck(out, _thumb_paths(catalog, items.rows[involved]), _load_verdicts(catalog))
+            check = ThumbnailCheck(out, _thumb_paths(catalog, items.rows[contents]), _load_verdicts(catalog))
+        pairs = _candidates(items, contents, options, check)
+        if check is not None:
             _check_candidates(items, pairs, check, options)
         roots, joined = _near_groups(items, pairs, check, options)
         candidates = len(pairs[0])
@@ -452,8 +515,9 @@ def _save(
             db.executemany("INSERT INTO dedup_members VALUES (?, ?, ?, ?, ?, ?)", members)
             if check is not None:
                 db.executemany(
-                    "INSERT OR REPLACE INTO dedup_pairs VALUES (?, ?, ?, ?)",
-                    [(a, b, VERSION, s) for (a, b), s in check.new.items()],
+                    "INSERT OR REPLACE INTO dedup_pairs (a, b, version, similarity, path, found) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(a, b, VERSION, s, *describe(check.views.get((a, b), 0))) for (a, b), s in check.new.items()],
                 )
             catalog._set_meta(
                 "dedup",
