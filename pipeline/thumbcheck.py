@@ -28,12 +28,12 @@ from pipeline.process import thumbnail_view
 VERSION = 5  # bump when the check changes: cached verdicts of another version are ignored
 SIDE = 32
 _SOURCE = 128  # thumbnails are read at this size, then sampled
-_ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)
+_ANCHORS = tuple(k / 8 for k in range(9))
 BOXES = np.array(
     [(0.0, 0.0, 1.0, 1.0)]
     + [
         (ax * c, ay * c, ax * c + 1 - c, ay * c + 1 - c)
-        for c in (0.035, 0.07, 0.105)
+        for c in (0.025, 0.05, 0.075, 0.1, 0.125)
         for ax in _ANCHORS
         for ay in _ANCHORS
     ]
