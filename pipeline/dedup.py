@@ -39,7 +39,7 @@ import numpy as np
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions
 from pipeline.errors import CatalogError, DedupError, UsageError
-from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement, describe
+from pipeline.thumbcheck import VERSION, ThumbnailCheck, describe, hue_agrees
 
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
 
@@ -386,7 +386,7 @@ def _near_groups(
         # must not bridge a group of one colour to a group of another.
         tint_x = tints[rx] if rx in tints else _tint(check, items, rx)
         tint_y = tints[ry] if ry in tints else _tint(check, items, ry)
-        if tint_x is not None and tint_y is not None and colour_agreement(tint_x, tint_y) < MIN_HUE:
+        if tint_x is not None and tint_y is not None and not hue_agrees(tint_x, tint_y):
             continue
         root = uf.union(rx, ry)
         joined[ry if root == rx else rx] = d

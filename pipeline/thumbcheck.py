@@ -190,8 +190,41 @@ def colour_agreement(ca: np.ndarray, cb: np.ndarray) -> float:
     return float((xa * xb).sum() / np.sqrt((xa * xa).sum() * (xb * xb).sum()))
 
 
-def _combine(a: _Signature, b: _Signature, structure: float) -> float:
-    if a.tint is not None and b.tint is not None and colour_agreement(a.tint, b.tint) < MIN_HUE:
+def _cropped_tint(tint: np.ndarray, view: int) -> np.ndarray:
+    """The 8x8 RGB grid of the box of ``view`` (a crop of BOXES), resampled from ``tint``."""
+    if not 0 < view < len(BOXES):
+        return tint
+    grid = tint.reshape(8, 8, 3)
+    return np.stack([box_views(grid[:, :, c], BOXES[view : view + 1], side=8)[0] for c in range(3)], axis=1)
+
+
+def _hue_agrees(a: _Signature, b: _Signature, view: int) -> bool:
+    if a.tint is None or b.tint is None or colour_agreement(a.tint, b.tint) >= MIN_HUE:
+        return True
+    # A cropped copy's grid covers part of its original's: compare it with that part.
+    return max(
+        colour_agreement(_cropped_tint(a.tint, view), b.tint), colour_agreement(a.tint, _cropped_tint(b.tint, view))
+    ) >= MIN_HUE
+
+
+def hue_agrees(ca: np.ndarray, cb: np.ndarray) -> bool:
+    """Whether two 8x8 RGB grids are one colouring, as they are or with either one cropped
+    by one of BOXES (a cropped copy's grid covers only part of its original's)."""
+    if colour_agreement(ca, cb) >= MIN_HUE:
+        return True
+    for x, y in ((ca, cb), (cb, ca)):
+        grid = x.reshape(8, 8, 3)
+        crops = np.stack([box_views(grid[:, :, c], BOXES[1:], side=8) for c in range(3)], axis=2)
+        xs, ys = crops - crops.mean(axis=2, keepdims=True), y - y.mean(axis=1, keepdims=True)
+        num = (xs * ys[None]).sum(axis=(1, 2))
+        den = np.sqrt((xs * xs).sum(axis=(1, 2)) * (ys * ys).sum())
+        if (num / np.maximum(den, 1e-12)).max() >= MIN_HUE:
+            return True
+    return False
+
+
+def _combine(a: _Signature, b: _Signature, structure: float, view: int = 0) -> float:
+    if not _hue_agrees(a, b, view):
         return 0.0
     if not a.whole.any() and not b.whole.any():  # both flat: same picture iff same grey level
         return 1.0 if abs(a.mean - b.mean) < 8 else 0.0
@@ -223,7 +256,7 @@ class ThumbnailCheck:
             sa, sb = _products(cb, ca[:1])[:, 0], _products(ca, cb[:1])[:, 0]
             best = sa if sa.max() >= sb.max() else sb
             self.views[key] = int(best.argmax())
-            self.new[key] = _combine(self.signature(row_a), self.signature(row_b), float(best.max()))
+            self.new[key] = _combine(self.signature(row_a), self.signature(row_b), float(best.max()), self.views[key])
         return self.new[key]
 
     def score_batch(self, rows_a: list[int], shas_a: list[str], rows_b: list[int], shas_b: list[str]) -> None:
@@ -247,7 +280,7 @@ class ThumbnailCheck:
         for k in todo:
             a, b = self.signatures[rows_a[k]], self.signatures[rows_b[k]]
             key = _key(shas_a[k], shas_b[k])
-            self.new[key] = _combine(a, b, best[k])
+            self.new[key] = _combine(a, b, best[k], view[k])
             self.views[key] = view[k]
 
     def signature(self, row: int) -> _Signature:
