@@ -1,19 +1,23 @@
 """Stage 8: exact and near-duplicate groups from the hashes the run already stored.
 
-Nothing is decoded again except, for near pairs, the small stored thumbnails. Steps:
+Nothing is decoded again except the small stored thumbnails (each content's, for its
+variant hashes and its candidate pairs). Steps:
 
 1. Load every ``ok`` row's SHA-256, pHash and dHash from the catalog as numpy arrays.
 2. **Exact**: rows with the same SHA-256 are one picture; only the earliest row of each
    content ("the content") takes part in the near search.
 3. **Candidates**: every pair of contents whose pHashes are within ``max_distance`` bits,
-   found by ``pairs_within``: an exact multi-index hashing search, never all pairs.
+   found by ``pairs_within``: an exact multi-index hashing search, never all pairs; then
+   (with the thumbnail check on) every pair where a cropped or turned variant of one
+   (``ThumbnailCheck.variant_hashes``, from its thumbnail) is within ``VARIANT_RADIUS`` of
+   the other's pHash (``pairs_across``, the same search from the variants' side).
 4. **Rule**: a candidate is a duplicate when pHash + dHash distance <= ``max_sum`` and its
-   stored thumbnails match: at 32x32 grayscale, the mean of the intensity correlation and
-   the edge (gradient magnitude) correlation is >= ``min_similarity`` for the best of 76
-   alignments (whole image, or 3.5-10.5% cropped off either side at 25 anchors), and, when
-   both are in colour, their 8x8 chroma grids agree. ``verify=False`` skips the thumbnail
-   check. The hashes alone confuse look-alikes (pHash document-like layouts, dHash plain
-   backgrounds); the thumbnail check removes what both get wrong (see issue #4).
+   stored thumbnails match: the best of the check's views (whole, crops, turns; see
+   ``thumbcheck``) scores >= ``min_similarity`` and, when both are in colour, their chroma
+   grids agree. A pair past ``max_sum`` (a crop or turn moves the hashes) needs
+   ``GEOMETRY_SIMILARITY``. ``verify=False`` groups on the hashes alone. The hashes alone
+   confuse look-alikes (pHash document-like layouts, dHash plain backgrounds); the
+   thumbnail check removes what both get wrong (see issue #4).
 5. **Groups**: union-find over the accepted pairs, closest first. Two groups merge only if
    their seeds (first members) pass the rule too, so chains A~B~C cannot join two different
    pictures through a middle one: the transitive closure of raw pairs has precision 0.41.
@@ -517,7 +521,10 @@ def _save(
                 db.executemany(
                     "INSERT OR REPLACE INTO dedup_pairs (a, b, version, similarity, path, found) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(a, b, VERSION, s, *describe(check.views.get((a, b), 0))) for (a, b), s in check.new.items()],
+                    [
+                        (a, b, VERSION, s, *describe(check.views.get((a, b), 0)))
+                        for (a, b), s in check.new.items()
+                    ],
                 )
             catalog._set_meta(
                 "dedup",

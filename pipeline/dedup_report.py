@@ -81,10 +81,10 @@ def _why(catalog: Catalog, sha: str, rep: str, members: list[str], verify: bool)
         return ""
     try:
         found = catalog.db.execute(
-        f"SELECT CASE WHEN a = ? THEN b ELSE a END AS other, path, found, similarity FROM dedup_pairs "
-        f"WHERE version = ? AND path IS NOT NULL AND ((a = ? AND b IN ({','.join('?' * len(others))})) "
-        f"OR (b = ? AND a IN ({','.join('?' * len(others))}))) ORDER BY (other = ?) DESC, similarity DESC LIMIT 1",
-        (sha, VERSION, sha, *others, sha, *others, rep),
+            f"SELECT CASE WHEN a = ? THEN b ELSE a END AS other, path, found, similarity FROM dedup_pairs "
+            f"WHERE version = ? AND path IS NOT NULL AND ((a = ? AND b IN ({','.join('?' * len(others))})) "
+            f"OR (b = ? AND a IN ({','.join('?' * len(others))}))) ORDER BY (other = ?) DESC, similarity DESC LIMIT 1",
+            (sha, VERSION, sha, *others, sha, *others, rep),
         ).fetchone()
     except sqlite3.OperationalError:  # a catalog from before the path was kept (schema 2)
         return ""
