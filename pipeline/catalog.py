@@ -102,8 +102,15 @@ _V2 = """
         ) WITHOUT ROWID;
 """
 
+# Why `pipeline dedup` took each checked pair: the path of the thumbnail check that matched
+# ('aligned': the whole picture or a crop; 'geometry': a turn) and what it found.
+_V3 = """
+        ALTER TABLE dedup_pairs ADD COLUMN path TEXT;
+        ALTER TABLE dedup_pairs ADD COLUMN found TEXT;
+"""
+
 # MIGRATIONS[i] is the SQL script that moves a catalog from schema i to i + 1.
-MIGRATIONS: list[str] = [_V1, _V2]
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 
 
 @dataclass(frozen=True, slots=True)

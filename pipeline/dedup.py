@@ -1,19 +1,23 @@
 """Stage 8: exact and near-duplicate groups from the hashes the run already stored.
 
-Nothing is decoded again except, for near pairs, the small stored thumbnails. Steps:
+Nothing is decoded again except the small stored thumbnails (each content's, for its
+variant hashes and its candidate pairs). Steps:
 
 1. Load every ``ok`` row's SHA-256, pHash and dHash from the catalog as numpy arrays.
 2. **Exact**: rows with the same SHA-256 are one picture; only the earliest row of each
    content ("the content") takes part in the near search.
 3. **Candidates**: every pair of contents whose pHashes are within ``max_distance`` bits,
-   found by ``pairs_within``: an exact multi-index hashing search, never all pairs.
+   found by ``pairs_within``: an exact multi-index hashing search, never all pairs; then
+   (with the thumbnail check on) every pair where a cropped or turned variant of one
+   (``ThumbnailCheck.variant_hashes``, from its thumbnail) is within ``VARIANT_RADIUS`` of
+   the other's pHash (``pairs_across``, the same search from the variants' side).
 4. **Rule**: a candidate is a duplicate when pHash + dHash distance <= ``max_sum`` and its
-   stored thumbnails match: at 32x32 grayscale, the mean of the intensity correlation and
-   the edge (gradient magnitude) correlation is >= ``min_similarity`` for the best of 76
-   alignments (whole image, or 3.5-10.5% cropped off either side at 25 anchors), and, when
-   both are in colour, their 8x8 chroma grids agree. ``verify=False`` skips the thumbnail
-   check. The hashes alone confuse look-alikes (pHash document-like layouts, dHash plain
-   backgrounds); the thumbnail check removes what both get wrong (see issue #4).
+   stored thumbnails match: the best of the check's views (whole, crops, turns; see
+   ``thumbcheck``) scores >= ``min_similarity`` and, when both are in colour, their chroma
+   grids agree. A pair past ``max_sum`` (a crop or turn moves the hashes) needs
+   ``GEOMETRY_SIMILARITY``. ``verify=False`` groups on the hashes alone. The hashes alone
+   confuse look-alikes (pHash document-like layouts, dHash plain backgrounds); the
+   thumbnail check removes what both get wrong (see issue #4).
 5. **Groups**: union-find over the accepted pairs, closest first. Two groups merge only if
    their seeds (first members) pass the rule too, so chains A~B~C cannot join two different
    pictures through a middle one: the transitive closure of raw pairs has precision 0.41.
@@ -42,7 +46,7 @@ import numpy as np
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions, is_url
 from pipeline.errors import CatalogError, DedupError, StorageError, UsageError
-from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement
+from pipeline.thumbcheck import VERSION, ThumbnailCheck, describe, hue_agrees
 
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
 
@@ -171,6 +175,41 @@ def pairs_within(
     i, j = np.concatenate(found_i), np.concatenate(found_j)
     i, j = np.minimum(i, j), np.maximum(i, j)
     return i, j, popcount(h[i] ^ h[j])
+
+
+def pairs_across(
+    queries: np.ndarray, hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query ``q``, hash ``h``) with ``popcount(queries[q] ^ hashes[h]) <= radius``, once.
+
+    The same multi-index search as ``pairs_within``, with the buckets over ``hashes`` and
+    every flip pattern probed from the query side.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.uint64)
+    h = np.ascontiguousarray(hashes, dtype=np.uint64)
+    empty = np.empty(0, np.int64)
+    if not len(q) or not len(h):
+        return empty, empty, np.empty(0, np.uint8)
+    blocks = _plan_blocks(len(h), radius)
+    found_q: list[np.ndarray] = []
+    found_h: list[np.ndarray] = []
+    everyone = np.arange(len(q))
+    for k, (shift, width, flips) in enumerate(blocks):
+        mask = np.uint64((1 << width) - 1)
+        buckets = _Buckets(((h >> np.uint64(shift)) & mask).astype(np.int64), width)
+        own = ((q >> np.uint64(shift)) & mask).astype(np.int64)
+        for pattern in _patterns(width, flips):
+            for qi, hj in buckets.join(everyone, own ^ pattern, chunk):
+                x = q[qi] ^ h[hj]
+                ok = popcount(x) <= radius
+                for shift_e, width_e, flips_e in blocks[:k]:
+                    ok &= popcount((x >> np.uint64(shift_e)) & np.uint64((1 << width_e) - 1)) > flips_e
+                found_q.append(qi[ok])
+                found_h.append(hj[ok])
+    if not found_q:
+        return empty, empty, np.empty(0, np.uint8)
+    qi, hj = np.concatenate(found_q), np.concatenate(found_h)
+    return qi, hj, popcount(q[qi] ^ h[hj])
 
 
 def _plan_blocks(n: int, radius: int) -> list[tuple[int, int, int]]:
@@ -344,25 +383,54 @@ class _UnionFind:
         return a
 
 
+# A pair whose stored hashes are too far apart for the rule (a copy cropped or turned past
+# them) is a duplicate only on a stricter thumbnail match, which the crops and turns of the
+# check can reach but a look-alike sibling does not (bench/dedup_quality.py).
+GEOMETRY_SIMILARITY = 0.93
+VARIANT_RADIUS = 8  # pHash bits between a cropped/turned variant and a stored pHash
+
+
 def _accepts(items: _Items, check: ThumbnailCheck | None, options: DedupOptions, a: int, b: int) -> bool:
     dp = int(popcount(items.phash[a : a + 1] ^ items.phash[b : b + 1])[0])
     dd = int(popcount(items.dhash[a : a + 1] ^ items.dhash[b : b + 1])[0])
-    if dp + dd > options.max_sum:
-        return False
+    within = dp + dd <= options.max_sum
     if check is None:
-        return True
-    return (
-        check.score(int(items.rows[a]), items.sha[a], int(items.rows[b]), items.sha[b])
-        >= options.min_similarity
-    )
+        return within
+    need = options.min_similarity if within else max(options.min_similarity, GEOMETRY_SIMILARITY)
+    return check.score(int(items.rows[a]), items.sha[a], int(items.rows[b]), items.sha[b]) >= need
 
 
-def _candidates(items: _Items, contents: np.ndarray, options: DedupOptions) -> tuple[np.ndarray, ...]:
-    """Content pairs within ``max_distance`` in pHash, closest (pHash + dHash) first."""
+def _candidates(
+    items: _Items, contents: np.ndarray, options: DedupOptions, check: ThumbnailCheck | None = None
+) -> tuple[np.ndarray, ...]:
+    """Content pairs within ``max_distance`` in pHash, closest (pHash + dHash) first; with a
+    ``check``, then the pairs where a cropped or turned variant of one (computed from its
+    thumbnail) is within ``VARIANT_RADIUS`` of the other's pHash, closest variant first.
+    The third array is the stored pHash distance of each pair."""
     i, j, dp = pairs_within(items.phash[contents], options.max_distance)
     a, b = contents[i], contents[j]
     dd = popcount(items.dhash[a] ^ items.dhash[b])
-    order = np.lexsort((b, a, dp.astype(np.int64) + dd))
+    key = dp.astype(np.int64) + dd
+    if check is not None and len(contents) > 1:
+        variants = np.stack([check.variant_hashes(int(items.rows[c])) for c in contents.tolist()])
+        qi, hj, dv = pairs_across(variants.ravel(), items.phash[contents], VARIANT_RADIUS)
+        owner = qi // variants.shape[1]
+        mine = owner != hj
+        x, y = contents[owner[mine]], contents[hj[mine]]
+        x, y, dv = np.minimum(x, y), np.maximum(x, y), dv[mine].astype(np.int64)
+        n = len(items.rows)
+        seen = set((a * n + b).tolist())
+        code = x * n + y
+        order = np.lexsort((code, dv))
+        code, dv = code[order], dv[order]
+        _, first = np.unique(code, return_index=True)  # each pair at its closest variant
+        fresh = np.array([c not in seen for c in code[first].tolist()], bool)
+        code, dv = code[first][fresh], dv[first][fresh]
+        ga, gb = code // n, code % n
+        a, b = np.concatenate([a, ga]), np.concatenate([b, gb])
+        dp = np.concatenate([dp, popcount(items.phash[ga] ^ items.phash[gb])])
+        key = np.concatenate([key, 1000 + dv])  # after every pair the stored hashes found
+    order = np.lexsort((b, a, key))
     return a[order], b[order], dp[order]
 
 
@@ -370,9 +438,8 @@ def _check_candidates(
     items: _Items, pairs: tuple[np.ndarray, ...], check: ThumbnailCheck, options: DedupOptions
 ) -> None:
     """Score, in one batch, the candidates that pass the hash part of the rule."""
-    a, b, dp = pairs
-    gate = dp.astype(np.int64) + popcount(items.dhash[a] ^ items.dhash[b]) <= options.max_sum
-    a, b = a[gate].tolist(), b[gate].tolist()
+    a, b, _ = pairs  # every candidate: a pair past the hash rule may pass on a stricter match
+    a, b = a.tolist(), b.tolist()
     rows = items.rows.tolist()
     check.score_batch(
         [rows[x] for x in a], [items.sha[x] for x in a], [rows[y] for y in b], [items.sha[y] for y in b]
@@ -398,7 +465,7 @@ def _near_groups(
         # must not bridge a group of one colour to a group of another.
         tint_x = tints[rx] if rx in tints else _tint(check, items, rx)
         tint_y = tints[ry] if ry in tints else _tint(check, items, ry)
-        if tint_x is not None and tint_y is not None and colour_agreement(tint_x, tint_y) < MIN_HUE:
+        if tint_x is not None and tint_y is not None and not hue_agrees(tint_x, tint_y):
             continue
         root = uf.union(rx, ry)
         joined[ry if root == rx else rx] = d
@@ -450,13 +517,14 @@ def dedup(
             content[idx] = first_of.setdefault(sha, idx)
         contents = np.fromiter(first_of.values(), np.int64, len(first_of))
         contents = contents[hashed[contents]]  # near search: only contents with perceptual hashes
-        pairs = _candidates(items, contents, options)
         check = None
         if options.verify:
-            involved = np.unique(np.concatenate(pairs[:2]))
-            paths = _thumb_paths(catalog, items.rows[involved])
+            # Every content's thumbnail: the candidates' variant hashes are made from them.
+            paths = _thumb_paths(catalog, items.rows[contents])
             root = scratch.enter_context(_thumbnail_root(files, paths))
             check = ThumbnailCheck(root, paths, _load_verdicts(catalog))
+        pairs = _candidates(items, contents, options, check)
+        if check is not None:
             _check_candidates(items, pairs, check, options)
         roots, joined = _near_groups(items, pairs, check, options)
         candidates = len(pairs[0])
@@ -577,8 +645,12 @@ def _save(
             db.executemany("INSERT INTO dedup_members VALUES (?, ?, ?, ?, ?, ?)", members)
             if check is not None:
                 db.executemany(
-                    "INSERT OR REPLACE INTO dedup_pairs VALUES (?, ?, ?, ?)",
-                    [(a, b, VERSION, s) for (a, b), s in check.new.items()],
+                    "INSERT OR REPLACE INTO dedup_pairs (a, b, version, similarity, path, found) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (a, b, VERSION, s, *describe(check.views.get((a, b), 0)))
+                        for (a, b), s in check.new.items()
+                    ],
                 )
             catalog._set_meta(
                 "dedup",

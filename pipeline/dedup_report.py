@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +19,7 @@ from urllib.parse import quote
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.dedup import iter_grouped
 from pipeline.errors import DedupError, StorageError
+from pipeline.thumbcheck import VERSION
 
 PAGE_SIZE = 50
 
@@ -61,10 +63,14 @@ def write_report(
 def _groups(catalog: Catalog, out: Path, page_dir: Path) -> list[dict[str, Any]]:
     groups: list[dict[str, Any]] = []
     current = None
+    verify = bool((catalog.get_meta("dedup") or {}).get("verify", True))
+    shas: list[str] = []
     for r in iter_grouped(catalog):
         if r["group_id"] != current:
             current = r["group_id"]
             groups.append({"id": current, "m": []})
+            shas = []
+        shas.append(r["sha256"])
         thumbs = json.loads(r["thumbnails"]) if r["thumbnails"] else []
         thumb = min(thumbs, key=lambda t: t["width"] * t["height"])["path"] if thumbs else None
         groups[-1]["m"].append({
@@ -72,7 +78,30 @@ def _groups(catalog: Catalog, out: Path, page_dir: Path) -> list[dict[str, Any]]
             "d": r["distance"], "x": r["kind"], "r": int(r["is_rep"]),
             "t": _src(os.path.relpath(out.resolve() / thumb, page_dir).replace(os.sep, "/")) if thumb else None,
         })  # fmt: skip
+        if r["kind"] == "near":
+            groups[-1]["m"][-1]["p"] = _why(catalog, r["sha256"], shas[0], shas, verify)
     return groups
+
+
+def _why(catalog: Catalog, sha: str, rep: str, members: list[str], verify: bool) -> str:
+    """How a near member was matched: the path of the check on its pair with the
+    representative (else with the member it matched best) and what that check found;
+    "hash" when the groups were made on the hashes alone (``--no-verify``)."""
+    if not verify:
+        return "hash"
+    others = [o for o in dict.fromkeys(members) if o != sha]
+    if not others:
+        return ""
+    try:
+        found = catalog.db.execute(
+            f"SELECT CASE WHEN a = ? THEN b ELSE a END AS other, path, found, similarity FROM dedup_pairs "
+            f"WHERE version = ? AND path IS NOT NULL AND ((a = ? AND b IN ({','.join('?' * len(others))})) "
+            f"OR (b = ? AND a IN ({','.join('?' * len(others))}))) ORDER BY (other = ?) DESC, similarity DESC LIMIT 1",
+            (sha, VERSION, sha, *others, sha, *others, rep),
+        ).fetchone()
+    except sqlite3.OperationalError:  # a catalog from before the path was kept (schema 2)
+        return ""
+    return f"{found[1]}: {found[2]}" if found else ""
 
 
 def _src(rel: str) -> str:
@@ -126,6 +155,11 @@ function member(m) {
   kind.className = "kind-" + m.x;
   kind.textContent = m.r ? "kept" : (m.x + ", distance " + m.d);
   cap.appendChild(kind);
+  if (m.p) {
+    const why = document.createElement("div");
+    why.className = "path"; why.textContent = "matched by " + m.p;
+    cap.appendChild(why);
+  }
   fig.appendChild(cap);
   return fig;
 }

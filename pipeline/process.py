@@ -272,6 +272,15 @@ def thumbnail_pixels(path: str, side: int) -> tuple[np.ndarray, np.ndarray]:
     return gray, grid
 
 
+def thumbnail_view(path: str, side: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """``thumbnail_pixels`` plus the picture's aspect ratio (width / height), which the
+    square grid loses and a rotation needs (a turn of the squashed grid is a shear)."""
+    with Image.open(path) as im:
+        aspect = im.width / im.height
+    gray, grid = thumbnail_pixels(path, side)
+    return gray, grid, aspect
+
+
 # -- decode ----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,93 @@
+"""``pipeline dedup`` on turned and cropped copies: found from variant hashes, matched by the
+thumbnail check's turns and crops, named in the catalog and the report; look-alikes stay apart."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import encode, photo
+from PIL import Image, ImageDraw
+
+from cli import main
+from pipeline.catalog import CATALOG_NAME
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _look_alike(im: Image.Image, seed: int) -> Image.Image:
+    """Same scene, other content in its lower half: alike at a glance, another picture."""
+    other = photo(im.width, im.height, seed)
+    out = im.copy()
+    out.paste(other.crop((0, im.height // 2, im.width, im.height)), (0, im.height // 2))
+    return out
+
+
+def _write_set(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name, seed in (("a", 21), ("b", 22)):
+        base = photo(800, 600, seed)
+        marked = base.copy()
+        ImageDraw.Draw(marked).text((30, 520), "(c) stock photo", fill=(255, 255, 255))
+        files = {
+            "orig.jpg": base,
+            "rot3.jpg": base.rotate(3, Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)),
+            "rotm3.jpg": base.rotate(-3, Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)),
+            "crop10.jpg": base.crop((20, 55, 740, 595)),  # 10% off each side, off centre
+            "mark.jpg": marked,
+            "alike.jpg": _look_alike(base, seed + 100),
+        }
+        for suffix, im in files.items():
+            (folder / f"{name}_{suffix}").write_bytes(encode(im, "JPEG", quality=90))
+
+
+def _invoke(args: list[str]) -> str:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def deduped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("geometry")
+    _write_set(root / "images")
+    _invoke(["run", str(root / "images"), "-o", str(root / "out"), "-q", "--procs", "2"])
+    _invoke(["dedup", str(root / "out"), "--report", str(root / "report.html")])
+    return root
+
+
+def _group_of(out: Path) -> dict[str, str]:
+    with open(out / "duplicates.csv", newline="", encoding="utf-8") as f:
+        return {r["key"]: r["group_id"] for r in csv.DictReader(f)}
+
+
+def test_turned_and_cropped_copies_join_their_original_and_look_alikes_do_not(deduped: Path) -> None:
+    group_of = _group_of(deduped / "out")
+    for name in ("a", "b"):
+        members = {f"{name}_{s}" for s in ("orig.jpg", "rot3.jpg", "rotm3.jpg", "crop10.jpg", "mark.jpg")}
+        assert {group_of.get(k) for k in members} == {group_of[f"{name}_orig.jpg"]}, group_of
+        assert f"{name}_alike.jpg" not in group_of, group_of
+    assert group_of["a_orig.jpg"] != group_of["b_orig.jpg"]
+
+
+def test_catalog_keeps_the_path_and_the_turn_or_crop_found(deduped: Path) -> None:
+    db = sqlite3.connect(deduped / "out" / CATALOG_NAME)
+    sha = dict(db.execute("SELECT key, sha256 FROM items"))
+    verdicts = {
+        frozenset((a, b)): (path, found)
+        for a, b, path, found in db.execute("SELECT a, b, path, found FROM dedup_pairs")
+    }
+    path, found = verdicts[frozenset((sha["a_orig.jpg"], sha["a_rot3.jpg"]))]
+    assert path == "geometry" and "rotated" in found and "3°" in found, found
+    path, found = verdicts[frozenset((sha["a_orig.jpg"], sha["a_crop10.jpg"]))]
+    assert path == "aligned" and found.startswith("cropped"), found
+
+
+def test_report_names_the_path_of_each_near_member(deduped: Path) -> None:
+    page = (deduped / "report.html").read_text(encoding="utf-8")
+    assert '"p":"geometry: rotated' in page
+    assert '"p":"aligned: ' in page
+    assert "matched by " in page  # drawn in each near member's caption
