@@ -38,6 +38,7 @@ import numpy as np
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions
+from pipeline.dedup_pool import CheckPool, default_workers
 from pipeline.errors import CatalogError, DedupError, UsageError
 from pipeline.thumbcheck import MIN_HUE, VERSION, ThumbnailCheck, colour_agreement
 
@@ -247,28 +248,6 @@ def _raise_nothing(catalog: Catalog) -> None:
     )
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n)
-        self.count = np.ones(n, np.int64)
-
-    def find(self, a: int) -> int:
-        root = a
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[a] != root:  # path compression
-            self.parent[a], a = root, self.parent[a]
-        return int(root)
-
-    def union(self, a: int, b: int) -> int:
-        """Join the roots ``a`` and ``b``; the bigger group keeps its root (its seed)."""
-        if self.count[a] < self.count[b]:
-            a, b = b, a
-        self.parent[b] = a
-        self.count[a] += self.count[b]
-        return a
-
-
 def _accepts(items: _Items, check: ThumbnailCheck | None, options: DedupOptions, a: int, b: int) -> bool:
     dp = int(popcount(items.phash[a : a + 1] ^ items.phash[b : b + 1])[0])
     dd = int(popcount(items.dhash[a : a + 1] ^ items.dhash[b : b + 1])[0])
@@ -292,44 +271,129 @@ def _candidates(items: _Items, contents: np.ndarray, options: DedupOptions) -> t
 
 
 def _check_candidates(
-    items: _Items, pairs: tuple[np.ndarray, ...], check: ThumbnailCheck, options: DedupOptions
+    items: _Items,
+    window: list[tuple[int, int, int, int]],
+    check: ThumbnailCheck,
+    pool: CheckPool,
+    options: DedupOptions,
 ) -> None:
-    """Score, in one batch, the candidates that pass the hash part of the rule."""
-    a, b, dp = pairs
-    gate = dp.astype(np.int64) + popcount(items.dhash[a] ^ items.dhash[b]) <= options.max_sum
-    a, b = a[gate].tolist(), b[gate].tolist()
-    rows = items.rows.tolist()
-    check.score_batch(
-        [rows[x] for x in a], [items.sha[x] for x in a], [rows[y] for y in b], [items.sha[y] for y in b]
-    )
+    """Score, on the pool, what deciding the ``window`` (x, y, root x, root y) will ask.
+
+    The pair itself and, when the two are not both their groups' seeds, the two seeds;
+    only pairs that pass the hash part of the rule, and not already known.
+    """
+    wanted: dict[tuple[str, str], tuple[int, str, int, str]] = {}
+    for x, y, rx, ry in window:
+        for p, q in ((x, y), (rx, ry)) if {rx, ry} != {x, y} else ((x, y),):
+            sp, sq = items.sha[p], items.sha[q]
+            key = (sp, sq) if sp < sq else (sq, sp)
+            if key in wanted or key in check.known or key in check.new:
+                continue
+            if _hash_close(items, options, p, q):
+                wanted[key] = (int(items.rows[p]), sp, int(items.rows[q]), sq)
+    if wanted:
+        check.new.update(pool.score(list(wanted.values())))
+
+
+def _hash_close(items: _Items, options: DedupOptions, a: int, b: int) -> bool:
+    dp = int(items.phash[a] ^ items.phash[b]).bit_count()
+    return dp + int(items.dhash[a] ^ items.dhash[b]).bit_count() <= options.max_sum
+
+
+_ATTEMPTS = 4  # failed joins tried between two groups before they are given up on
+_WINDOW = (256, 16384)  # candidates decided per round of checks: first, largest
 
 
 def _near_groups(
-    items: _Items, pairs: tuple[np.ndarray, ...], check: ThumbnailCheck | None, options: DedupOptions
+    items: _Items,
+    pairs: tuple[np.ndarray, ...],
+    check: ThumbnailCheck | None,
+    options: DedupOptions,
+    *,
+    pool: CheckPool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Union-find root of every item (contents only are joined) and each one's joining distance."""
-    uf = _UnionFind(len(items.rows))
-    joined = np.zeros(len(items.rows), np.int64)
+    """Union-find root of every item (contents only are joined) and each one's joining distance.
+
+    Candidates are decided closest first, in windows: a window takes the next candidates
+    whose two ends are in different groups (a vectorised test on the current roots, so
+    the pairs inside a cluster cost nothing once it is one group), one per pair of groups;
+    the checks they need are scored together (on the pool), then decided in order. A
+    candidate whose group changed earlier in its window waits for the next one, so every
+    seed check is of the seeds it is decided with. Two groups that failed ``_ATTEMPTS``
+    times (or once on their seeds or colours, which do not change) are not tried again.
+    A cluster of N copies thus costs O(N) checks, not O(N^2) (issue 13).
+    """
+    a, b, dist = pairs
+    n = len(items.rows)
+    root = np.arange(n)  # current group root of every item
+    members: dict[int, list[int]] = {}  # root -> members, for groups of 2+
+    joined = np.zeros(n, np.int64)
     tints: dict[int, np.ndarray | None] = {}  # root -> colour grid of its first colour member
-    for x, y, d in zip(*(p.tolist() for p in pairs)):
-        rx, ry = uf.find(x), uf.find(y)
-        if rx == ry or not _accepts(items, check, options, x, y):
-            continue
-        # Verify before merging: the two seeds must be duplicates too, or a chain through
-        # one shared look-alike would pull two different pictures together.
-        if {rx, ry} != {x, y} and not _accepts(items, check, options, rx, ry):
-            continue
-        # A grayscale copy matches every colouring of its picture: it may join either, but
-        # must not bridge a group of one colour to a group of another.
-        tint_x = tints[rx] if rx in tints else _tint(check, items, rx)
-        tint_y = tints[ry] if ry in tints else _tint(check, items, ry)
-        if tint_x is not None and tint_y is not None and colour_agreement(tint_x, tint_y) < MIN_HUE:
-            continue
-        root = uf.union(rx, ry)
-        joined[ry if root == rx else rx] = d
-        tints[root] = tint_x if tint_x is not None else tint_y
-    roots = np.array([uf.find(c) for c in range(len(items.rows))], np.int64)
-    return roots, joined
+    failed: dict[tuple[int, int], int] = {}  # (root, root) -> failed joins
+    total, pos = len(a), 0
+    pending = np.empty(0, np.int64)  # positions taken from the candidates, not decided yet
+    width = _WINDOW[0]
+    while pos < total or len(pending):
+        # The next candidates across groups; merges only ever join groups, so a pair
+        # found in one group now stays there and is dropped for good.
+        while len(pending) < width and pos < total:
+            step = np.arange(pos, min(total, pos + max(4 * width, 1 << 16)))
+            pos = int(step[-1]) + 1
+            pending = np.concatenate([pending, step[root[a[step]] != root[b[step]]]])
+        pending = pending[root[a[pending]] != root[b[pending]]]
+        window: list[tuple[int, int, int, int, int]] = []  # (position, x, y, root x, root y)
+        later: list[int] = []
+        seen: set[tuple[int, int]] = set()
+        for t in pending[:width].tolist():
+            x, y = int(a[t]), int(b[t])
+            rx, ry = int(root[x]), int(root[y])
+            key = (rx, ry) if rx < ry else (ry, rx)
+            if failed.get(key, 0) >= _ATTEMPTS:
+                continue
+            if key in seen:  # one candidate per pair of groups and window
+                later.append(t)
+                continue
+            seen.add(key)
+            window.append((t, x, y, rx, ry))
+        if check is not None and pool is not None:
+            _check_candidates(items, [w[1:] for w in window], check, pool, options)
+        decided = 0
+        for t, x, y, wx, wy in window:
+            rx, ry = int(root[x]), int(root[y])
+            if rx == ry:
+                continue
+            if {rx, ry} != {wx, wy}:  # a group changed in this window: its seed was not checked
+                later.append(t)
+                continue
+            decided += 1
+            key = (rx, ry) if rx < ry else (ry, rx)
+            if not _accepts(items, check, options, x, y):
+                failed[key] = failed.get(key, 0) + 1
+                continue
+            # Verify before merging: the two seeds must be duplicates too, or a chain through
+            # one shared look-alike would pull two different pictures together.
+            if {rx, ry} != {x, y} and not _accepts(items, check, options, rx, ry):
+                failed[key] = _ATTEMPTS
+                continue
+            # A grayscale copy matches every colouring of its picture: it may join either, but
+            # must not bridge a group of one colour to a group of another.
+            tint_x = tints[rx] if rx in tints else _tint(check, items, rx)
+            tint_y = tints[ry] if ry in tints else _tint(check, items, ry)
+            if tint_x is not None and tint_y is not None and colour_agreement(tint_x, tint_y) < MIN_HUE:
+                failed[key] = _ATTEMPTS
+                continue
+            # The bigger group keeps its root (its seed); the smaller one is relabelled.
+            big, small = (rx, ry) if len(members.get(rx, (rx,))) >= len(members.get(ry, (ry,))) else (ry, rx)
+            moved = members.pop(small, [small])
+            root[moved] = big
+            members.setdefault(big, [big]).extend(moved)
+            joined[small] = int(dist[t])
+            tints[big] = tint_x if tint_x is not None else tint_y
+            tints.pop(small, None)
+        pending = np.sort(np.concatenate([np.array(later, np.int64), pending[width:]]))
+        # Grow the window while most of its checks decide something; shrink it in clusters.
+        width = min(2 * width, _WINDOW[1]) if 2 * decided >= len(window) else max(width // 2, _WINDOW[0])
+    return root, joined
 
 
 def _tint(check: ThumbnailCheck | None, items: _Items, idx: int) -> np.ndarray | None:
@@ -348,10 +412,12 @@ def _representative(items: _Items, members: np.ndarray, keep: str) -> int:
     return int(members[best])
 
 
-def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
+def dedup(out: str | Path, options: DedupOptions | None = None, *, workers: int | None = None) -> DedupResult:
     """Group the duplicates among the ok rows of the run in ``out``; write catalog + files.
 
-    Raises ``DedupError`` for a folder without images or without the thumbnails to check.
+    Thumbnail checks run on ``workers`` processes (default: every CPU this process may
+    use); the groups are the same for any number. Raises ``DedupError`` for a folder
+    without images or without the thumbnails to check.
     """
     started = time.perf_counter()
     options = options or DedupOptions()
@@ -373,8 +439,8 @@ def dedup(out: str | Path, options: DedupOptions | None = None) -> DedupResult:
         if options.verify:
             involved = np.unique(np.concatenate(pairs[:2]))
             check = ThumbnailCheck(out, _thumb_paths(catalog, items.rows[involved]), _load_verdicts(catalog))
-            _check_candidates(items, pairs, check, options)
-        roots, joined = _near_groups(items, pairs, check, options)
+        with CheckPool(out, check.thumbs if check else {}, workers=workers or default_workers()) as pool:
+            roots, joined = _near_groups(items, pairs, check, options, pool=pool)
         candidates = len(pairs[0])
         group_of = roots[content]
         members = _members(items, group_of, joined, content, options)

@@ -1,0 +1,76 @@
+"""Thumbnail checks of near-duplicate candidates on every core (issue 13).
+
+``dedup`` decides what to check, in order, in the parent; this module only scores the
+pairs it is handed. A list of pairs is cut into batches of ``BATCH`` pairs, always the
+same way whatever the number of processes, and each batch is scored by one
+``ThumbnailCheck.score_batch`` (each thumbnail of the batch read once for its signature,
+once for its crops). With one process the batches run in the parent; else on a ``spawn``
+pool started on first use (a pool costs ~1 s to start, more than a few hundred checks).
+The same batches give the same floats, so the groups do not depend on the process count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Self
+
+from pipeline.thumbcheck import ThumbnailCheck
+
+BATCH = 256  # pairs per batch: ~0.4 s of work, small enough to spread a window over cores
+_POOL_FROM = 2 * BATCH  # fewer pairs than this are scored in the parent
+
+Pair = tuple[int, str, int, str]  # row_a, sha_a, row_b, sha_b
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class CheckPool:
+    """Scores of content pairs, computed in fixed batches on ``workers`` processes."""
+
+    def __init__(self, out: Path, thumbs: dict[int, str | None], *, workers: int) -> None:
+        self.out = out
+        self.thumbs = thumbs
+        self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def score(self, pairs: list[Pair]) -> dict[tuple[str, str], float]:
+        batches = [pairs[k : k + BATCH] for k in range(0, len(pairs), BATCH)]
+        jobs = [(self.out, {r: self.thumbs.get(r) for p in b for r in (p[0], p[2])}, b) for b in batches]
+        found: dict[tuple[str, str], float] = {}
+        if self.workers == 1 or len(pairs) < _POOL_FROM:
+            for job in jobs:
+                found.update(score_batch(*job))
+            return found
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        for result in self._pool.map(score_batch, *zip(*jobs)):
+            found.update(result)
+        return found
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def score_batch(out: Path, thumbs: dict[int, str | None], pairs: list[Pair]) -> dict[tuple[str, str], float]:
+    """One batch (in a worker or the parent): verdicts keyed as ``ThumbnailCheck.new``."""
+    check = ThumbnailCheck(out, thumbs, {})
+    rows_a, shas_a, rows_b, shas_b = (list(c) for c in zip(*pairs))
+    check.score_batch(rows_a, shas_a, rows_b, shas_b)
+    return check.new
