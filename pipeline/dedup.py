@@ -291,8 +291,11 @@ def _check_candidates(
                 continue
             if _hash_close(items, options, p, q):
                 wanted[key] = (int(items.rows[p]), sp, int(items.rows[q]), sq)
-    if wanted:
-        check.new.update(pool.score(list(wanted.values())))
+    # Colour grids of the groups' seeds that no batch will read (cached verdicts).
+    read = {r for pair in wanted.values() for r in (pair[0], pair[2])} | pool.tints.keys()
+    grids = sorted({int(items.rows[r]) for w in window for r in w[2:]} - read)
+    if wanted or grids:
+        check.new.update(pool.score(list(wanted.values()), grids))
 
 
 def _hash_close(items: _Items, options: DedupOptions, a: int, b: int) -> bool:
@@ -377,8 +380,8 @@ def _near_groups(
                 continue
             # A grayscale copy matches every colouring of its picture: it may join either, but
             # must not bridge a group of one colour to a group of another.
-            tint_x = tints[rx] if rx in tints else _tint(check, items, rx)
-            tint_y = tints[ry] if ry in tints else _tint(check, items, ry)
+            tint_x = tints[rx] if rx in tints else _tint(check, pool, items, rx)
+            tint_y = tints[ry] if ry in tints else _tint(check, pool, items, ry)
             if tint_x is not None and tint_y is not None and colour_agreement(tint_x, tint_y) < MIN_HUE:
                 failed[key] = _ATTEMPTS
                 continue
@@ -396,9 +399,14 @@ def _near_groups(
     return root, joined
 
 
-def _tint(check: ThumbnailCheck | None, items: _Items, idx: int) -> np.ndarray | None:
+def _tint(check: ThumbnailCheck | None, pool: CheckPool | None, items: _Items, idx: int) -> np.ndarray | None:
     """The 8x8 RGB grid of a content if it is in colour (``None``: grayscale, or no check)."""
-    return None if check is None else check.tint(int(items.rows[idx]))
+    if check is None:
+        return None
+    row = int(items.rows[idx])
+    if pool is not None and row in pool.tints:
+        return pool.tints[row]
+    return check.tint(row)
 
 
 def _representative(items: _Items, members: np.ndarray, keep: str) -> int:

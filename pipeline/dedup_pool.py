@@ -4,7 +4,8 @@
 pairs it is handed. A list of pairs is cut into batches of ``BATCH`` pairs, always the
 same way whatever the number of processes, and each batch is scored by one
 ``ThumbnailCheck.score_batch`` (each thumbnail of the batch read once for its signature,
-once for its crops). With one process the batches run in the parent; else on a ``spawn``
+once for its crops), which also returns the colour grids of its rows: the parent needs
+them for group seeds and would otherwise read those thumbnails again, one at a time. With one process the batches run in the parent; else on a ``spawn``
 pool started on first use (a pool costs ~1 s to start, more than a few hundred checks).
 The same batches give the same floats, so the groups do not depend on the process count.
 """
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Self
+
+import numpy as np
 
 from pipeline.thumbcheck import ThumbnailCheck
 
@@ -40,20 +44,28 @@ class CheckPool:
         self.thumbs = thumbs
         self.workers = max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
+        self.tints: dict[int, np.ndarray | None] = {}  # row -> 8x8 RGB grid if in colour
 
-    def score(self, pairs: list[Pair]) -> dict[tuple[str, str], float]:
-        batches = [pairs[k : k + BATCH] for k in range(0, len(pairs), BATCH)]
-        jobs = [(self.out, {r: self.thumbs.get(r) for p in b for r in (p[0], p[2])}, b) for b in batches]
+    def score(self, pairs: list[Pair], tints: Sequence[int] = ()) -> dict[tuple[str, str], float]:
+        """Verdicts of ``pairs``; the colour grids of their rows and of ``tints`` land in ``self.tints``."""
+        jobs: list[tuple[Path, dict[int, str | None], list[Pair], list[int]]] = []
+        for k in range(0, len(pairs), BATCH):
+            batch = pairs[k : k + BATCH]
+            jobs.append((self.out, {r: self.thumbs.get(r) for p in batch for r in (p[0], p[2])}, batch, []))
+        for k in range(0, len(tints), 4 * BATCH):
+            rows = list(tints[k : k + 4 * BATCH])
+            jobs.append((self.out, {r: self.thumbs.get(r) for r in rows}, [], rows))
         found: dict[tuple[str, str], float] = {}
-        if self.workers == 1 or len(pairs) < _POOL_FROM:
-            for job in jobs:
-                found.update(score_batch(*job))
-            return found
-        if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-        for result in self._pool.map(score_batch, *zip(*jobs)):
-            found.update(result)
+        if self.workers == 1 or len(pairs) + len(tints) // 4 < _POOL_FROM:
+            results = [score_batch(*job) for job in jobs]
+        else:
+            if self._pool is None:
+                ctx = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            results = list(self._pool.map(score_batch, *zip(*jobs)))
+        for verdicts, grids in results:
+            found.update(verdicts)
+            self.tints.update(grids)
         return found
 
     def close(self) -> None:
@@ -68,9 +80,13 @@ class CheckPool:
         self.close()
 
 
-def score_batch(out: Path, thumbs: dict[int, str | None], pairs: list[Pair]) -> dict[tuple[str, str], float]:
-    """One batch (in a worker or the parent): verdicts keyed as ``ThumbnailCheck.new``."""
+def score_batch(
+    out: Path, thumbs: dict[int, str | None], pairs: list[Pair], rows: list[int]
+) -> tuple[dict[tuple[str, str], float], dict[int, np.ndarray | None]]:
+    """One batch (in a worker or the parent): verdicts keyed as ``ThumbnailCheck.new``, and
+    the colour grid of every row it read (``dedup`` needs those of group seeds)."""
     check = ThumbnailCheck(out, thumbs, {})
-    rows_a, shas_a, rows_b, shas_b = (list(c) for c in zip(*pairs))
-    check.score_batch(rows_a, shas_a, rows_b, shas_b)
-    return check.new
+    if pairs:
+        rows_a, shas_a, rows_b, shas_b = (list(c) for c in zip(*pairs))
+        check.score_batch(rows_a, shas_a, rows_b, shas_b)
+    return check.new, {r: check.tint(r) for r in thumbs}
