@@ -304,7 +304,7 @@ def _hash_close(items: _Items, options: DedupOptions, a: int, b: int) -> bool:
 
 
 _ATTEMPTS = 4  # failed joins tried between two groups before they are given up on
-_WINDOW = (256, 16384)  # candidates decided per round of checks: first, largest
+_WINDOW = 16384  # candidates looked at per round of checks
 
 
 def _near_groups(
@@ -317,14 +317,17 @@ def _near_groups(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Union-find root of every item (contents only are joined) and each one's joining distance.
 
-    Candidates are decided closest first, in windows: a window takes the next candidates
-    whose two ends are in different groups (a vectorised test on the current roots, so
-    the pairs inside a cluster cost nothing once it is one group), one per pair of groups;
-    the checks they need are scored together (on the pool), then decided in order. A
-    candidate whose group changed earlier in its window waits for the next one, so every
-    seed check is of the seeds it is decided with. Two groups that failed ``_ATTEMPTS``
-    times (or once on their seeds or colours, which do not change) are not tried again.
-    A cluster of N copies thus costs O(N) checks, not O(N^2) (issue 13).
+    Candidates are decided closest first, in windows. A window takes the next candidates
+    whose ends are in different groups (a vectorised test on the current roots, so the
+    pairs inside a cluster cost nothing once it is one group) such that no decision in
+    the window can change a root another one uses: one candidate per pair of groups, a
+    group joins at most one bigger group, and a group others join joins none (the
+    bigger group keeps its root). The checks they need (the pair, and the seeds of their
+    groups) are then all known at once and scored together on the pool, and each one is
+    used; the others wait for the next window. Two groups that failed ``_ATTEMPTS`` times
+    (or once on their seeds or colours, which do not change while they do not) are not
+    tried again. A cluster of N copies costs O(N) checks, not O(N^2) (issue 13), and the
+    groups do not depend on how many processes score the checks.
     """
     a, b, dist = pairs
     n = len(items.rows)
@@ -335,7 +338,7 @@ def _near_groups(
     failed: dict[tuple[int, int], int] = {}  # (root, root) -> failed joins
     total, pos = len(a), 0
     pending = np.empty(0, np.int64)  # positions taken from the candidates, not decided yet
-    width = _WINDOW[0]
+    width = _WINDOW
     while pos < total or len(pending):
         # The next candidates across groups; merges only ever join groups, so a pair
         # found in one group now stays there and is dropped for good.
@@ -347,28 +350,29 @@ def _near_groups(
         window: list[tuple[int, int, int, int, int]] = []  # (position, x, y, root x, root y)
         later: list[int] = []
         seen: set[tuple[int, int]] = set()
+        keeps: set[int] = set()  # groups that keep their root in this window, whatever joins them
+        joins: set[int] = set()  # groups that may join another one (once per window)
         for t in pending[:width].tolist():
             x, y = int(a[t]), int(b[t])
             rx, ry = int(root[x]), int(root[y])
             key = (rx, ry) if rx < ry else (ry, rx)
             if failed.get(key, 0) >= _ATTEMPTS:
                 continue
-            if key in seen:  # one candidate per pair of groups and window
+            big, small = (rx, ry) if len(members.get(rx, ())) >= len(members.get(ry, ())) else (ry, rx)
+            # No decision may change a root another candidate of the window was checked with:
+            # a group joins at most one other, and a group that others join joins none.
+            if key in seen or small in joins or small in keeps or big in joins:
                 later.append(t)
                 continue
             seen.add(key)
+            keeps.add(big)
+            joins.add(small)
             window.append((t, x, y, rx, ry))
         if check is not None and pool is not None:
             _check_candidates(items, [w[1:] for w in window], check, pool, options)
-        decided = 0
         for t, x, y, wx, wy in window:
             rx, ry = int(root[x]), int(root[y])
-            if rx == ry:
-                continue
-            if {rx, ry} != {wx, wy}:  # a group changed in this window: its seed was not checked
-                later.append(t)
-                continue
-            decided += 1
+            assert {rx, ry} == {wx, wy}, "a root changed inside its window"
             key = (rx, ry) if rx < ry else (ry, rx)
             if not _accepts(items, check, options, x, y):
                 failed[key] = failed.get(key, 0) + 1
@@ -386,7 +390,7 @@ def _near_groups(
                 failed[key] = _ATTEMPTS
                 continue
             # The bigger group keeps its root (its seed); the smaller one is relabelled.
-            big, small = (rx, ry) if len(members.get(rx, (rx,))) >= len(members.get(ry, (ry,))) else (ry, rx)
+            big, small = (rx, ry) if len(members.get(rx, ())) >= len(members.get(ry, ())) else (ry, rx)
             moved = members.pop(small, [small])
             root[moved] = big
             members.setdefault(big, [big]).extend(moved)
@@ -394,8 +398,6 @@ def _near_groups(
             tints[big] = tint_x if tint_x is not None else tint_y
             tints.pop(small, None)
         pending = np.sort(np.concatenate([np.array(later, np.int64), pending[width:]]))
-        # Grow the window while most of its checks decide something; shrink it in clusters.
-        width = min(2 * width, _WINDOW[1]) if 2 * decided >= len(window) else max(width // 2, _WINDOW[0])
     return root, joined
 
 
