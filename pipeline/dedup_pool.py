@@ -23,8 +23,8 @@ import numpy as np
 
 from pipeline.thumbcheck import ThumbnailCheck
 
-BATCH = 256  # pairs per batch: ~0.4 s of work, small enough to spread a window over cores
-_POOL_FROM = 2 * BATCH  # fewer pairs than this are scored in the parent
+BATCH = 64  # pairs per batch: ~0.5 s of work (~8 ms a thumbnail), enough batches to share a window
+_POOL_FROM = 512  # the pool starts for a window of this many pairs; once up, it takes every window
 
 Pair = tuple[int, str, int, str]  # row_a, sha_a, row_b, sha_b
 
@@ -49,6 +49,7 @@ class CheckPool:
     def score(self, pairs: list[Pair], tints: Sequence[int] = ()) -> dict[tuple[str, str], float]:
         """Verdicts of ``pairs``; the colour grids of their rows and of ``tints`` land in ``self.tints``."""
         jobs: list[tuple[Path, dict[int, str | None], list[Pair], list[int]]] = []
+        pairs = sorted(pairs)  # a row's pairs side by side: read once in one batch, not in several
         for k in range(0, len(pairs), BATCH):
             batch = pairs[k : k + BATCH]
             jobs.append((self.out, {r: self.thumbs.get(r) for p in batch for r in (p[0], p[2])}, batch, []))
@@ -56,7 +57,11 @@ class CheckPool:
             rows = list(tints[k : k + 4 * BATCH])
             jobs.append((self.out, {r: self.thumbs.get(r) for r in rows}, [], rows))
         found: dict[tuple[str, str], float] = {}
-        if self.workers == 1 or len(pairs) + len(tints) // 4 < _POOL_FROM:
+        if (
+            self.workers == 1
+            or len(jobs) < 2
+            or (self._pool is None and len(pairs) + len(tints) // 4 < _POOL_FROM)
+        ):
             results = [score_batch(*job) for job in jobs]
         else:
             if self._pool is None:
