@@ -45,6 +45,7 @@ import numpy as np
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions, is_url
+from pipeline.dedup_pool import CheckPool, default_workers
 from pipeline.errors import CatalogError, DedupError, StorageError, UsageError
 from pipeline.thumbcheck import VERSION, ThumbnailCheck, describe, hue_agrees
 
@@ -361,28 +362,6 @@ def _raise_nothing(catalog: Catalog) -> None:
     )
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n)
-        self.count = np.ones(n, np.int64)
-
-    def find(self, a: int) -> int:
-        root = a
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[a] != root:  # path compression
-            self.parent[a], a = root, self.parent[a]
-        return int(root)
-
-    def union(self, a: int, b: int) -> int:
-        """Join the roots ``a`` and ``b``; the bigger group keeps its root (its seed)."""
-        if self.count[a] < self.count[b]:
-            a, b = b, a
-        self.parent[b] = a
-        self.count[a] += self.count[b]
-        return a
-
-
 # A pair whose stored hashes are too far apart for the rule (a copy cropped or turned past
 # them) is a duplicate only on a stricter thumbnail match, which the crops and turns of the
 # check can reach but a look-alike sibling does not (bench/dedup_quality.py).
@@ -435,48 +414,139 @@ def _candidates(
 
 
 def _check_candidates(
-    items: _Items, pairs: tuple[np.ndarray, ...], check: ThumbnailCheck, options: DedupOptions
+    items: _Items,
+    window: list[tuple[int, int, int, int]],
+    check: ThumbnailCheck,
+    pool: CheckPool,
+    options: DedupOptions,
 ) -> None:
-    """Score, in one batch, the candidates that pass the hash part of the rule."""
-    a, b, _ = pairs  # every candidate: a pair past the hash rule may pass on a stricter match
-    a, b = a.tolist(), b.tolist()
-    rows = items.rows.tolist()
-    check.score_batch(
-        [rows[x] for x in a], [items.sha[x] for x in a], [rows[y] for y in b], [items.sha[y] for y in b]
-    )
+    """Score, on the pool, what deciding the ``window`` (x, y, root x, root y) will ask.
+
+    The pair itself and, when the two are not both their groups' seeds, the two seeds, if
+    not known yet: every one, as a pair past the hash rule may pass on a stricter match.
+    """
+    wanted: dict[tuple[str, str], tuple[int, str, int, str]] = {}
+    for x, y, rx, ry in window:
+        for p, q in ((x, y), (rx, ry)) if {rx, ry} != {x, y} else ((x, y),):
+            sp, sq = items.sha[p], items.sha[q]
+            key = (sp, sq) if sp < sq else (sq, sp)
+            if key in wanted or key in check.known or key in check.new:
+                continue
+            wanted[key] = (int(items.rows[p]), sp, int(items.rows[q]), sq)
+    # Colour grids of the groups' seeds that no batch will read (cached verdicts).
+    read = {r for pair in wanted.values() for r in (pair[0], pair[2])} | pool.tints.keys()
+    grids = sorted({int(items.rows[r]) for w in window for r in w[2:]} - read)
+    if wanted or grids:
+        check.new.update(pool.score(list(wanted.values()), grids))
+        check.views.update(pool.views)
+
+
+_ATTEMPTS = 4  # failed joins tried between two groups before they are given up on
+_WINDOW = 16384  # candidates looked at per round of checks
 
 
 def _near_groups(
-    items: _Items, pairs: tuple[np.ndarray, ...], check: ThumbnailCheck | None, options: DedupOptions
+    items: _Items,
+    pairs: tuple[np.ndarray, ...],
+    check: ThumbnailCheck | None,
+    options: DedupOptions,
+    *,
+    pool: CheckPool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Union-find root of every item (contents only are joined) and each one's joining distance."""
-    uf = _UnionFind(len(items.rows))
-    joined = np.zeros(len(items.rows), np.int64)
+    """Union-find root of every item (contents only are joined) and each one's joining distance.
+
+    Candidates are decided closest first, in windows. A window takes the next candidates
+    whose ends are in different groups (a vectorised test on the current roots, so the
+    pairs inside a cluster cost nothing once it is one group) such that no decision in
+    the window can change a root another one uses: one candidate per pair of groups, a
+    group joins at most one bigger group, and a group others join joins none (the
+    bigger group keeps its root). The checks they need (the pair, and the seeds of their
+    groups) are then all known at once and scored together on the pool, and each one is
+    used; the others wait for the next window. Two groups that failed ``_ATTEMPTS`` times
+    (or once on their seeds or colours, which do not change while they do not) are not
+    tried again. A cluster of N copies costs O(N) checks, not O(N^2) (issue 13), and the
+    groups do not depend on how many processes score the checks.
+    """
+    a, b, dist = pairs
+    n = len(items.rows)
+    root = np.arange(n)  # current group root of every item
+    members: dict[int, list[int]] = {}  # root -> members, for groups of 2+
+    joined = np.zeros(n, np.int64)
     tints: dict[int, np.ndarray | None] = {}  # root -> colour grid of its first colour member
-    for x, y, d in zip(*(p.tolist() for p in pairs)):
-        rx, ry = uf.find(x), uf.find(y)
-        if rx == ry or not _accepts(items, check, options, x, y):
-            continue
-        # Verify before merging: the two seeds must be duplicates too, or a chain through
-        # one shared look-alike would pull two different pictures together.
-        if {rx, ry} != {x, y} and not _accepts(items, check, options, rx, ry):
-            continue
-        # A grayscale copy matches every colouring of its picture: it may join either, but
-        # must not bridge a group of one colour to a group of another.
-        tint_x = tints[rx] if rx in tints else _tint(check, items, rx)
-        tint_y = tints[ry] if ry in tints else _tint(check, items, ry)
-        if tint_x is not None and tint_y is not None and not hue_agrees(tint_x, tint_y):
-            continue
-        root = uf.union(rx, ry)
-        joined[ry if root == rx else rx] = d
-        tints[root] = tint_x if tint_x is not None else tint_y
-    roots = np.array([uf.find(c) for c in range(len(items.rows))], np.int64)
-    return roots, joined
+    failed: dict[tuple[int, int], int] = {}  # (root, root) -> failed joins
+    total, pos = len(a), 0
+    pending = np.empty(0, np.int64)  # positions taken from the candidates, not decided yet
+    width = _WINDOW
+    while pos < total or len(pending):
+        # The next candidates across groups; merges only ever join groups, so a pair
+        # found in one group now stays there and is dropped for good.
+        while len(pending) < width and pos < total:
+            step = np.arange(pos, min(total, pos + max(4 * width, 1 << 16)))
+            pos = int(step[-1]) + 1
+            pending = np.concatenate([pending, step[root[a[step]] != root[b[step]]]])
+        pending = pending[root[a[pending]] != root[b[pending]]]
+        window: list[tuple[int, int, int, int, int]] = []  # (position, x, y, root x, root y)
+        later: list[int] = []
+        seen: set[tuple[int, int]] = set()
+        keeps: set[int] = set()  # groups that keep their root in this window, whatever joins them
+        joins: set[int] = set()  # groups that may join another one (once per window)
+        for t in pending[:width].tolist():
+            x, y = int(a[t]), int(b[t])
+            rx, ry = int(root[x]), int(root[y])
+            key = (rx, ry) if rx < ry else (ry, rx)
+            if failed.get(key, 0) >= _ATTEMPTS:
+                continue
+            big, small = (rx, ry) if len(members.get(rx, ())) >= len(members.get(ry, ())) else (ry, rx)
+            # No decision may change a root another candidate of the window was checked with:
+            # a group joins at most one other, and a group that others join joins none.
+            if key in seen or small in joins or small in keeps or big in joins:
+                later.append(t)
+                continue
+            seen.add(key)
+            keeps.add(big)
+            joins.add(small)
+            window.append((t, x, y, rx, ry))
+        if check is not None and pool is not None:
+            _check_candidates(items, [w[1:] for w in window], check, pool, options)
+        for t, x, y, wx, wy in window:
+            rx, ry = int(root[x]), int(root[y])
+            assert {rx, ry} == {wx, wy}, "a root changed inside its window"
+            key = (rx, ry) if rx < ry else (ry, rx)
+            if not _accepts(items, check, options, x, y):
+                failed[key] = failed.get(key, 0) + 1
+                continue
+            # Verify before merging: the two seeds must be duplicates too, or a chain through
+            # one shared look-alike would pull two different pictures together.
+            if {rx, ry} != {x, y} and not _accepts(items, check, options, rx, ry):
+                failed[key] = _ATTEMPTS
+                continue
+            # A grayscale copy matches every colouring of its picture: it may join either, but
+            # must not bridge a group of one colour to a group of another.
+            tint_x = tints[rx] if rx in tints else _tint(check, pool, items, rx)
+            tint_y = tints[ry] if ry in tints else _tint(check, pool, items, ry)
+            if tint_x is not None and tint_y is not None and not hue_agrees(tint_x, tint_y):
+                failed[key] = _ATTEMPTS
+                continue
+            # The bigger group keeps its root (its seed); the smaller one is relabelled.
+            big, small = (rx, ry) if len(members.get(rx, ())) >= len(members.get(ry, ())) else (ry, rx)
+            moved = members.pop(small, [small])
+            root[moved] = big
+            members.setdefault(big, [big]).extend(moved)
+            joined[small] = int(dist[t])
+            tints[big] = tint_x if tint_x is not None else tint_y
+            tints.pop(small, None)
+        pending = np.sort(np.concatenate([np.array(later, np.int64), pending[width:]]))
+    return root, joined
 
 
-def _tint(check: ThumbnailCheck | None, items: _Items, idx: int) -> np.ndarray | None:
+def _tint(check: ThumbnailCheck | None, pool: CheckPool | None, items: _Items, idx: int) -> np.ndarray | None:
     """The 8x8 RGB grid of a content if it is in colour (``None``: grayscale, or no check)."""
-    return None if check is None else check.tint(int(items.rows[idx]))
+    if check is None:
+        return None
+    row = int(items.rows[idx])
+    if pool is not None and row in pool.tints:
+        return pool.tints[row]
+    return check.tint(row)
 
 
 def _representative(items: _Items, members: np.ndarray, keep: str) -> int:
@@ -496,13 +566,16 @@ def dedup(
     *,
     catalog: str | Path | None = None,
     output: str | Path | None = None,
+    workers: int | None = None,
 ) -> DedupResult:
     """Group the duplicates among the ok rows of the run in ``out``; write catalog + files.
 
     ``out`` is the run's OUT, a local folder or an fsspec URL (its thumbnails are read from
     there); ``catalog`` its ``--catalog`` if not OUT/catalog.sqlite (required for a URL);
-    ``output`` the folder for duplicates.csv/.json (see ``run_files``). Raises ``DedupError``
-    for a run without images or without the thumbnails to check.
+    ``output`` the folder for duplicates.csv/.json (see ``run_files``). Thumbnail checks run
+    on ``workers`` processes (default: every CPU this process may use); the groups are the
+    same for any number. Raises ``DedupError`` for a run without images or without the
+    thumbnails to check.
     """
     started = time.perf_counter()
     options = options or DedupOptions()
@@ -524,9 +597,9 @@ def dedup(
             root = scratch.enter_context(_thumbnail_root(files, paths))
             check = ThumbnailCheck(root, paths, _load_verdicts(catalog))
         pairs = _candidates(items, contents, options, check)
-        if check is not None:
-            _check_candidates(items, pairs, check, options)
-        roots, joined = _near_groups(items, pairs, check, options)
+        thumbs_root = check.out if check is not None else Path(".")
+        with CheckPool(thumbs_root, check.thumbs if check else {}, workers=workers or default_workers()) as pool:
+            roots, joined = _near_groups(items, pairs, check, options, pool=pool)
         candidates = len(pairs[0])
         group_of = roots[content]
         members = _members(items, group_of, joined, content, options)

@@ -1,0 +1,100 @@
+"""Thumbnail checks of near-duplicate candidates on every core (issue 13).
+
+``dedup`` decides what to check, in order, in the parent; this module only scores the
+pairs it is handed. A list of pairs is cut into batches of ``BATCH`` pairs, always the
+same way whatever the number of processes, and each batch is scored by one
+``ThumbnailCheck.score_batch`` (each thumbnail of the batch read once for its signature,
+once for its crops), which also returns the colour grids of its rows: the parent needs
+them for group seeds and would otherwise read those thumbnails again, one at a time. With one process the batches run in the parent; else on a ``spawn``
+pool started on first use (a pool costs ~1 s to start, more than a few hundred checks).
+The same batches give the same floats, so the groups do not depend on the process count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+from pipeline.thumbcheck import ThumbnailCheck
+
+BATCH = 64  # pairs per batch: ~0.5 s of work (~8 ms a thumbnail), enough batches to share a window
+_POOL_FROM = 512  # the pool starts for a window of this many pairs; once up, it takes every window
+
+Pair = tuple[int, str, int, str]  # row_a, sha_a, row_b, sha_b
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class CheckPool:
+    """Scores of content pairs, computed in fixed batches on ``workers`` processes."""
+
+    def __init__(self, out: Path, thumbs: dict[int, str | None], *, workers: int) -> None:
+        self.out = out
+        self.thumbs = thumbs
+        self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
+        self.tints: dict[int, np.ndarray | None] = {}  # row -> 8x8 RGB grid if in colour
+        self.views: dict[tuple[str, str], int] = {}  # the view that matched (``describe`` names it)
+
+    def score(self, pairs: list[Pair], tints: Sequence[int] = ()) -> dict[tuple[str, str], float]:
+        """Verdicts of ``pairs``; the colour grids of their rows and of ``tints`` land in ``self.tints``."""
+        jobs: list[tuple[Path, dict[int, str | None], list[Pair], list[int]]] = []
+        pairs = sorted(pairs)  # a row's pairs side by side: read once in one batch, not in several
+        for k in range(0, len(pairs), BATCH):
+            batch = pairs[k : k + BATCH]
+            jobs.append((self.out, {r: self.thumbs.get(r) for p in batch for r in (p[0], p[2])}, batch, []))
+        for k in range(0, len(tints), 4 * BATCH):
+            rows = list(tints[k : k + 4 * BATCH])
+            jobs.append((self.out, {r: self.thumbs.get(r) for r in rows}, [], rows))
+        found: dict[tuple[str, str], float] = {}
+        if (
+            self.workers == 1
+            or len(jobs) < 2
+            or (self._pool is None and len(pairs) + len(tints) // 4 < _POOL_FROM)
+        ):
+            results = [score_batch(*job) for job in jobs]
+        else:
+            if self._pool is None:
+                ctx = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            results = list(self._pool.map(score_batch, *zip(*jobs)))
+        for verdicts, views, grids in results:
+            found.update(verdicts)
+            self.views.update(views)
+            self.tints.update(grids)
+        return found
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def score_batch(
+    out: Path, thumbs: dict[int, str | None], pairs: list[Pair], rows: list[int]
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], int], dict[int, np.ndarray | None]]:
+    """One batch (in a worker or the parent): verdicts keyed as ``ThumbnailCheck.new``, the
+    view each matched by (the catalog keeps what was found), and the colour grid of every
+    row it read (``dedup`` needs those of group seeds)."""
+    check = ThumbnailCheck(out, thumbs, {})
+    if pairs:
+        rows_a, shas_a, rows_b, shas_b = (list(c) for c in zip(*pairs))
+        check.score_batch(rows_a, shas_a, rows_b, shas_b)
+    return check.new, check.views, {r: check.tint(r) for r in thumbs}
