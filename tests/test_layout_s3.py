@@ -12,14 +12,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import jpeg
 from pytest_httpserver import HTTPServer
-from test_remote_store import moto, s3  # noqa: F401 - the fixtures
 
 from cli import main
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_key_layout_on_s3_uploads_every_name(s3: Any, server: HTTPServer, tmp_path: Path) -> None:  # noqa: F811
+def test_key_layout_on_s3_uploads_every_name(s3: Any, server: HTTPServer, tmp_path: Path) -> None:
     server.expect_request("/a.jpg").respond_with_data(jpeg(120, 90, seed=1), content_type="image/jpeg")
     server.expect_request("/b.jpg").respond_with_data(jpeg(120, 90, seed=2), content_type="image/jpeg")
     rows = [("/a.jpg", "k1"), ("/a.jpg", "k2"), ("/b.jpg", "dup"), ("/a.jpg", "DUP"), ("/b.jpg", "../up")]
