@@ -37,7 +37,8 @@ from pipeline.store import Store
 SRGB = ImageCms.createProfile("sRGB")
 
 
-def _lab(image: Image.Image) -> np.ndarray:
+def lab(image: Image.Image) -> np.ndarray:
+    """sRGB pixels → CIELAB (D65), by the formulas (not littleCMS, which makes the references)."""
     c = np.asarray(image.convert("RGB"), np.float64) / 255.0
     linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
@@ -46,8 +47,9 @@ def _lab(image: Image.Image) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
-def _delta_e(a: Image.Image, b: Image.Image) -> float:
-    return float(np.mean(np.linalg.norm(_lab(a) - _lab(b), axis=-1)))
+def delta_e(a: Image.Image, b: Image.Image) -> float:
+    """Mean ΔE76 between two pictures of one size."""
+    return float(np.mean(np.linalg.norm(lab(a) - lab(b), axis=-1)))
 
 
 def _cpu_ms(fn, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -118,11 +120,11 @@ def main() -> None:
             tagged_bytes.append(len(out.getvalue()))
             srgb = ImageCms.profileToProfile(p3, p3_profile, SRGB, outputMode="RGB")
             reference = srgb.resize(thumb.size, Image.Resampling.LANCZOS)
-            de_ours.append(_delta_e(thumb, reference))
-            de_tagged.append(_delta_e(Image.open(out).convert("RGB"), reference))
+            de_ours.append(delta_e(thumb, reference))
+            de_tagged.append(delta_e(Image.open(out).convert("RGB"), reference))
             floor = io.BytesIO()
             reference.save(floor, "JPEG", quality=85)
-            de_floor.append(_delta_e(Image.open(floor).convert("RGB"), reference))
+            de_floor.append(delta_e(Image.open(floor).convert("RGB"), reference))
 
     p3_ms, plain_ms = statistics.median(rows["p3"]), statistics.median(rows["untagged"])
     print(f"{args.photos} Display P3 photos, 1600x1000 q90 JPEG, default options, medians of {args.reps}")

@@ -20,25 +20,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageCms
 
+from bench.colour import delta_e
 from bench.photos import display_p3_profile, photo, to_display_p3
 from cli import main
 
 pytestmark = pytest.mark.timeout(180)
 SRGB = ImageCms.createProfile("sRGB")
-
-
-def _lab(image: Image.Image) -> np.ndarray:
-    """sRGB pixels → CIELAB (D65), by the formulas (not littleCMS, which made the reference)."""
-    c = np.asarray(image.convert("RGB"), np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
-    xyz = linear @ m.T / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
-
-
-def _delta_e(a: Image.Image, b: Image.Image) -> float:
-    return float(np.mean(np.linalg.norm(_lab(a) - _lab(b), axis=-1)))
 
 
 def _as_browser_shows(thumb: Image.Image) -> Image.Image:
@@ -113,17 +100,17 @@ def test_display_p3_photo_keeps_its_colours(tmp_path: Path, thumb_format: str) -
         reference = _reference(p3, thumb.size)
         # q85 JPEG alone costs these grainy photos up to ~4.5 dE (chroma subsampling; the
         # reference through the same encode): colour handling may add at most 0.5 to that.
-        bound = 2.0 if thumb_format == "png" else _delta_e(_q85(reference), reference) + 0.5
-        seen = _delta_e(_as_browser_shows(thumb), reference)
+        bound = 2.0 if thumb_format == "png" else delta_e(_q85(reference), reference) + 0.5
+        seen = delta_e(_as_browser_shows(thumb), reference)
         assert seen < bound, (name, round(seen, 2), round(bound, 2))
         # The pixels themselves are sRGB: right for a browser, and for a program that reads
         # numbers and ignores profiles (training code, our dedup's thumbnail check).
         assert not thumb.info.get("icc_profile"), name
-        raw = _delta_e(thumb, reference)
+        raw = delta_e(thumb, reference)
         assert raw < bound, (name, round(raw, 2), round(bound, 2))
     # Without conversion the P3 numbers read as sRGB would be visibly off (the test means it).
     data, p3 = files["colorwheel.jpg"]
-    assert _delta_e(p3.resize((256, 171), Image.Resampling.LANCZOS), _reference(p3, (256, 171))) > 4.0
+    assert delta_e(p3.resize((256, 171), Image.Resampling.LANCZOS), _reference(p3, (256, 171))) > 4.0
 
 
 def test_srgb_photo_is_unchanged(tmp_path: Path) -> None:
@@ -176,6 +163,6 @@ def test_broken_icc_profiles_do_not_cost_the_row(tmp_path: Path) -> None:
         assert not thumb.info.get("icc_profile"), name
         assert thumb.mode == "RGB", name
         expected = image.convert("CMYK").convert("RGB") if name.startswith("cmyk") else image
-        delta = _delta_e(thumb, expected.resize(thumb.size, Image.Resampling.LANCZOS))
+        delta = delta_e(thumb, expected.resize(thumb.size, Image.Resampling.LANCZOS))
         assert delta < 2.0, (name, round(delta, 2))
     assert rows["cmyk.jpg"]["mode"] == "CMYK"
