@@ -165,10 +165,7 @@ def pairs_within(
                 if not pattern:
                     keep = qj > qi
                     qi, qj = qi[keep], qj[keep]
-                x = h[qi] ^ h[qj]
-                ok = popcount(x) <= radius
-                for shift_e, width_e, flips_e in blocks[:k]:  # already found in an earlier block
-                    ok &= popcount((x >> np.uint64(shift_e)) & np.uint64((1 << width_e) - 1)) > flips_e
+                ok = _new_within(h[qi] ^ h[qj], radius, blocks[:k])
                 found_i.append(qi[ok])
                 found_j.append(qj[ok])
     if not found_i:
@@ -176,6 +173,15 @@ def pairs_within(
     i, j = np.concatenate(found_i), np.concatenate(found_j)
     i, j = np.minimum(i, j), np.maximum(i, j)
     return i, j, popcount(h[i] ^ h[j])
+
+
+def _new_within(x: np.ndarray, radius: int, earlier: list[tuple[int, int, int]]) -> np.ndarray:
+    """Which XORs ``x`` are within ``radius`` and were not found by an ``earlier`` block
+    (a pair within radius is found by the first block where it differs in few enough bits)."""
+    ok = popcount(x) <= radius
+    for shift, width, flips in earlier:
+        ok &= popcount((x >> np.uint64(shift)) & np.uint64((1 << width) - 1)) > flips
+    return ok
 
 
 def pairs_across(
@@ -201,10 +207,7 @@ def pairs_across(
         own = ((q >> np.uint64(shift)) & mask).astype(np.int64)
         for pattern in _patterns(width, flips):
             for qi, hj in buckets.join(everyone, own ^ pattern, chunk):
-                x = q[qi] ^ h[hj]
-                ok = popcount(x) <= radius
-                for shift_e, width_e, flips_e in blocks[:k]:
-                    ok &= popcount((x >> np.uint64(shift_e)) & np.uint64((1 << width_e) - 1)) > flips_e
+                ok = _new_within(q[qi] ^ h[hj], radius, blocks[:k])
                 found_q.append(qi[ok])
                 found_h.append(hj[ok])
     if not found_q:
