@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import unicodedata
 from pathlib import Path, PurePosixPath
 
@@ -23,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pytest_httpserver import HTTPServer
+from test_run import _wait_for_shards
 from werkzeug import Request, Response
 
 from cli import main
@@ -325,16 +325,3 @@ def test_mirror_of_a_url_drops_scheme_and_credentials_and_keeps_the_query() -> N
     assert safe_stem(mirror_parts(row, "/", "/")) == "example.com%3A8443/a/b%2Fc/photo%3Fw=2"
 
 
-def _wait_for_shards(catalog: Path, *, at_least: int, deadline: float) -> int:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if catalog.exists():
-            try:
-                with sqlite3.connect(f"file:{catalog}?mode=ro", uri=True) as db:
-                    n = db.execute("SELECT COUNT(*) FROM shards").fetchone()[0]
-                if n >= at_least:
-                    return n
-            except sqlite3.OperationalError:
-                pass
-        time.sleep(0.05)  # polling a real catalog, bounded: not synchronisation by sleeping
-    raise AssertionError(f"fewer than {at_least} shards committed within {deadline} s")
