@@ -78,14 +78,16 @@ class LocalExecutor:
         self._pool = self._new_pool()
         try:
             while True:
-                self._fill(pending, source, config, window)
-                if not pending:
+                broken = not self._fill(pending, source, config, window)
+                if not pending and not broken:
                     return
-                done, _ = wait(pending, timeout=TICK_S, return_when=FIRST_COMPLETED)
-                if not done:
-                    yield Finished()  # a tick: the runner commits what it holds
-                    continue
-                broken = False
+                # After a refused submit, what had finished before the death still counts.
+                done = {future for future in pending if future.done()}
+                if not broken:
+                    done, _ = wait(pending, timeout=TICK_S, return_when=FIRST_COMPLETED)
+                    if not done:
+                        yield Finished()  # a tick: the runner commits what it holds
+                        continue
                 for future in done:
                     fed = pending.pop(future)
                     try:
@@ -116,6 +118,19 @@ class LocalExecutor:
 
     def _fill(
         self, pending: dict[Future[Finished], Shard | None], source: Iterator[Shard], config: RunConfig, window: int
+    ) -> bool:
+        """Submit work up to the window. False: the pool broke (a worker died since the last
+        look), and the caller handles the death; the rows of a refused batch are held, so
+        they run again with the others."""
+        assert self._pool is not None
+        try:
+            self._submit_work(pending, source, config, window)
+        except BrokenProcessPool:
+            return False
+        return True
+
+    def _submit_work(
+        self, pending: dict[Future[Finished], Shard | None], source: Iterator[Shard], config: RunConfig, window: int
     ) -> None:
         assert self._pool is not None
         if self._alone is not None:
@@ -123,9 +138,14 @@ class LocalExecutor:
         if self._suspects:
             # A dead worker breaks the whole pool and every row in it, so after a death the
             # rows that were out run one batch at a time: only then is a death attributable.
-            self._alone = batch = self._suspects.pop()
+            batch = self._suspects.pop()
             self._hold(batch)
-            pending[self._pool.submit(feed_rows, batch, config, wait_all=True)] = batch
+            try:
+                pending[self._pool.submit(feed_rows, batch, config, wait_all=True)] = batch
+            except BrokenProcessPool:
+                self._suspects.append(batch)  # refused, not run: it killed nothing
+                raise
+            self._alone = batch
             return
         while len(self._held) < window:
             batch = next(source, None)
@@ -139,7 +159,8 @@ class LocalExecutor:
             # the processes finished. A call per process, topped up as each answers (with
             # something, or after a moment if it holds nothing): a process stuck waiting on
             # a silent server must not hold back the rows another one finished.
-            pending.update((self._pool.submit(collect_rows), None) for _ in range(self.procs - collects))
+            for _ in range(self.procs - collects):
+                pending[self._pool.submit(collect_rows)] = None
 
     def _hold(self, batch: Shard) -> None:
         self._held.update((row.row, row) for row in batch.rows)

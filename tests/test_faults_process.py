@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,22 @@ def slow_images(delay: float):
         await asyncio.sleep(delay)
         n = int(request.query.get("n", ["0"])[0])
         writer.write(response(200, IMAGES[n % len(IMAGES)], headers={"Content-Type": "image/jpeg"}))
+
+    return route
+
+
+def gated_images(gate: threading.Event, open_rows: int):
+    """Like ``slow_images(0.1)`` for ?n= below ``open_rows``; the others wait (at most 60 s)
+    until the test sets ``gate``, so a run cannot finish before the test has acted on it."""
+    fast = slow_images(0.1)
+
+    async def route(request: Request, writer: asyncio.StreamWriter) -> None:
+        if int(request.query.get("n", ["0"])[0]) >= open_rows:
+            for _ in range(3000):
+                if gate.is_set():
+                    break
+                await asyncio.sleep(0.02)
+        await fast(request, writer)
 
     return route
 
@@ -235,7 +252,8 @@ def test_an_unexpected_error_processing_one_image_fails_only_that_item(tmp_path:
 @pytest.mark.slow
 @pytest.mark.parametrize("interrupts", [1, 2])
 def test_sigint_exits_130_cleanly_and_the_rerun_resumes(tmp_path: Path, interrupts: int) -> None:
-    with RawServer({"/img": slow_images(0.2)}) as srv:
+    gate = threading.Event()  # rows 8+ wait on it: the run is still going when Ctrl-C comes
+    with RawServer({"/img": gated_images(gate, 8)}) as srv:
         manifest = write_manifest(tmp_path, srv, 48)
         out = tmp_path / "out"
         cmd = cli_cmd(manifest, out, "--procs", "2", "--shard-size", "4", "--concurrency", "2")
@@ -247,6 +265,7 @@ def test_sigint_exits_130_cleanly_and_the_rerun_resumes(tmp_path: Path, interrup
                 proc.send_signal(signal.SIGINT)
             _, stderr = proc.communicate(timeout=30)
         finally:
+            gate.set()
             if proc.poll() is None:
                 proc.kill()
         assert proc.returncode == 130, stderr
