@@ -2,16 +2,16 @@
 
 ``python -m bench.fetch_overhead [--requests 5000] [--reps 3] [--route img|tiny]`` starts the
 loopback server (``bench/server.py``, its own process, 127.0.0.1 only), then in this one
-process, on one asyncio loop and one session made by ``pipeline.fetch.make_session`` (the
+process, on one asyncio loop and one session made by ``pipeline.net.session.make_session`` (the
 worker's session: guarded resolver and socket factory, trace hooks, 8 connections per port),
 runs the same requests with 64 in flight, alternating:
 
   bare       ``async with session.get(url) as resp: await resp.read()``
-  fetch_url  ``pipeline.fetch.fetch_url(session, url, options)``
+  fetch_url  ``pipeline.net.fetch.fetch_url(session, url, options)``
   plain      as bare, on a plain ``aiohttp.ClientSession`` (default connector and timeouts,
              no trace hooks, same connection limits): what the seed script pays
   table      as fetch_url, on a session made while a machine-wide host table
-             (``pipeline.hostlimit``) was installed in this process, as in a pool worker:
+             (``pipeline.net.hostlimit``) was installed in this process, as in a pool worker:
              every request takes and gives back a slot of its host (``--rate R``: and
              reserves its start under a rate cap of R per host; keep R above the rate
              reached, so that only the bookkeeping is measured, not waiting)
@@ -37,9 +37,9 @@ from dataclasses import replace
 
 import aiohttp
 
-from pipeline import hostlimit
+from pipeline.net import hostlimit
 from pipeline.config import FetchOptions
-from pipeline.fetch import fetch_url, make_session
+from pipeline.net.fetch import fetch_url, make_session
 
 IN_FLIGHT = 64
 WAYS = ("bare", "fetch_url", "plain", "table")

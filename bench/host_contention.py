@@ -10,7 +10,7 @@ stage's own CPU is small next to what is measured), alternating two ways of allo
 host 8 requests at once:
 
   table        the machine-wide host table, ``--per-host 8``: up to 124 of the 128 lanes
-               wait for a slot, woken when one is given back (``pipeline.hostlimit``)
+               wait for a slot, woken when one is given back (``pipeline.net.hostlimit``)
   per-process  no table, ``--per-host 4`` in each process: aiohttp's own per-host queue
 
 Both let the host see 8 requests at once, so requests/s should match; the difference in
@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from bench.fetch_overhead import _start_server
-from pipeline import hostlimit
+from pipeline.net import hostlimit
 from pipeline.config import FetchOptions
 from pipeline.worker import init_worker
 
@@ -38,7 +38,7 @@ WAYS = {"table": 8, "per-process": 4}  # --per-host of each way
 
 def _lanes(urls: list[str], per_host: int, lanes: int) -> tuple[float, int, int]:
     """In a worker: (CPU seconds, requests done, failures) for ``urls`` over ``lanes`` lanes."""
-    from pipeline.fetch import fetch_url, make_session
+    from pipeline.net.fetch import fetch_url, make_session
 
     options = FetchOptions(allow_private=True, retries=0, per_host=per_host)
 

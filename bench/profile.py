@@ -51,7 +51,7 @@ AREAS = (
     ("sha256 + process glue", ("process_image (pipeline/process.py",)),
     ("store writes", ("pipeline/store.py",)),
     ("dhash/phash", ("dhash (", "phash (")),
-    ("aiohttp / fetch", ("aiohttp/", "pipeline/fetch.py")),
+    ("aiohttp / fetch", ("aiohttp/", "pipeline/net/")),
     ("loop wake-ups from the CPU threads", ("_write_to_self", "_read_from_self")),
     ("asyncio loop", ("asyncio/", "uvloop")),
     ("sqlite / catalog", ("pipeline/catalog.py", "sqlite3")),

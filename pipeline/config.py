@@ -148,7 +148,7 @@ class FetchOptions:
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT
     respect_opt_out: bool = True
-    # SSRF guard (see pipeline/netguard.py): by default only globally routable addresses.
+    # SSRF guard (see pipeline/net/guard.py): by default only globally routable addresses.
     allow_private: bool = False  # also connect to loopback, private, link-local, ...
     allow_hosts: tuple[str, ...] = ()  # names or IPs exempt from the guard
     insecure_hosts: tuple[str, ...] = ()  # names or IPs whose TLS certificate is not verified

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from pipeline.config import RunConfig, default_procs
 from pipeline.errors import PipelineError, UsageError
-from pipeline.hostlimit import HostTable, supported
+from pipeline.net.hostlimit import HostTable, supported
 from pipeline.models import ManifestRow, Shard
 from pipeline.schedule import BATCH_ROWS, batches, split
 from pipeline.worker import Finished, collect_rows, failed_items, feed_rows, init_worker, ready

@@ -35,11 +35,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipeline.admission import Admission
+from pipeline.net.admission import Admission
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import ErrorClass, ItemError, PipelineError, StorageError
-from pipeline.hostlimit import TableHandle
-from pipeline.hostlimit import install as install_host_table
+from pipeline.net.hostlimit import TableHandle
+from pipeline.net.hostlimit import install as install_host_table
 from pipeline.memory import limit_arenas, trim_now_and_then
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
 from pipeline.schedule import by_source as group_by_source
@@ -344,7 +344,7 @@ def _session(options: FetchOptions) -> object:
     """This process's session for ``options``; created inside the running loop."""
     session = _sessions.get(options)
     if session is None or session.closed:  # type: ignore[attr-defined]
-        from pipeline.fetch import make_session
+        from pipeline.net.fetch import make_session
 
         session = _sessions[options] = make_session(options)
     return session
@@ -491,7 +491,7 @@ async def _one(
             if _is_local(source):
                 fetched = await asyncio.to_thread(_read_local, source, config.fetch.max_bytes)
             else:
-                from pipeline.fetch import body_lease, fetch_url
+                from pipeline.net.fetch import body_lease, fetch_url
 
                 lease = body_lease(session)  # type: ignore[arg-type]
                 fetched = await fetch_url(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipeline.admission import Admission
+from pipeline.net.admission import Admission
 
 pytestmark = pytest.mark.timeout(30)
 

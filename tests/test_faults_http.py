@@ -30,9 +30,9 @@ from rawserver import RawServer, Request, reset, response
 from cli import main
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
-from pipeline.fetch import fetch_url, make_session
+from pipeline.net.fetch import fetch_url, make_session
 from pipeline.models import FetchResult
-from pipeline.netguard import blocked_reason
+from pipeline.net.guard import blocked_reason
 
 pytestmark = pytest.mark.timeout(90)
 

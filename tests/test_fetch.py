@@ -28,7 +28,7 @@ from werkzeug.datastructures import Headers
 
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
-from pipeline.fetch import fetch_url, make_session, opted_out, parse_retry_after, retry_delay
+from pipeline.net.fetch import fetch_url, make_session, opted_out, parse_retry_after, retry_delay
 from pipeline.models import FetchResult
 
 pytestmark = pytest.mark.timeout(60)
@@ -356,7 +356,7 @@ def test_streamed_body_over_max_bytes_is_cut_off(httpserver):
 
 
 def test_too_large_message_uses_human_units():
-    from pipeline.fetch import _size
+    from pipeline.net.fetch import _size
 
     assert _size(50 * 1024 * 1024) == "50 MB"
     assert _size(1536) == "1.5 KB"

@@ -20,10 +20,11 @@ import pytest
 from conftest import jpeg
 from rawserver import RawServer, Request, response
 
-from pipeline import hostlimit, run
+from pipeline import run
+from pipeline.net import hostlimit
 from pipeline.config import FetchOptions
-from pipeline.fetch import fetch_url, make_session
-from pipeline.hostlimit import HostTable
+from pipeline.net.fetch import fetch_url, make_session
+from pipeline.net.hostlimit import HostTable
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,4 +1,4 @@
-"""Per-host limits for the whole machine (pipeline/hostlimit.py): real worker processes, real
+"""Per-host limits for the whole machine (pipeline/net/hostlimit.py): real worker processes, real
 servers on several ports of 127.0.0.1 (one host each), the real CLI.
 
 Each server records what one host sees: connections open at once (one request each: the
@@ -32,12 +32,12 @@ from rawserver import RawServer, Request, response
 from test_faults_process import descendants
 
 from cli import main
-from pipeline import hostlimit
+from pipeline.net import hostlimit
 from pipeline.config import FetchOptions, RunConfig
 from pipeline.errors import UsageError
 from pipeline.executors import LocalExecutor
-from pipeline.fetch import fetch_url, make_session
-from pipeline.hostlimit import HostTable, TableHandle
+from pipeline.net.fetch import fetch_url, make_session
+from pipeline.net.hostlimit import HostTable, TableHandle
 from pipeline.models import FetchResult, Shard
 
 pytestmark = [
@@ -283,7 +283,7 @@ def test_rate_cap_without_a_table_holds_per_process() -> None:
 CHILD = """
 import sys, time
 from multiprocessing import resource_tracker
-from pipeline.hostlimit import HostGate, HostTable, TableHandle
+from pipeline.net.hostlimit import HostGate, HostTable, TableHandle
 handle = TableHandle(*sys.argv[1:3], *map(int, sys.argv[3:5]))
 gate = HostGate(HostTable.attach(handle))
 resource_tracker.unregister("/" + handle.shm_name, "shared_memory")

@@ -64,11 +64,11 @@ import aiohttp
 import aiohttp.abc
 from yarl import URL
 
-from pipeline import hostlimit
+from pipeline.net import hostlimit
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
 from pipeline.models import FetchResult
-from pipeline.netguard import AddressPolicy
+from pipeline.net.guard import AddressPolicy
 
 __all__ = [
     "BodyLease",
