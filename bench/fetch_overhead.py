@@ -37,9 +37,10 @@ from dataclasses import replace
 
 import aiohttp
 
-from pipeline.net import hostlimit
 from pipeline.config import FetchOptions
-from pipeline.net.fetch import fetch_url, make_session
+from pipeline.net import hostlimit
+from pipeline.net.fetch import fetch_url
+from pipeline.net.session import make_session
 
 IN_FLIGHT = 64
 WAYS = ("bare", "fetch_url", "plain", "table")

@@ -29,8 +29,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from bench.fetch_overhead import _start_server
-from pipeline.net import hostlimit
 from pipeline.config import FetchOptions
+from pipeline.net import hostlimit
 from pipeline.worker import init_worker
 
 WAYS = {"table": 8, "per-process": 4}  # --per-host of each way
@@ -38,7 +38,8 @@ WAYS = {"table": 8, "per-process": 4}  # --per-host of each way
 
 def _lanes(urls: list[str], per_host: int, lanes: int) -> tuple[float, int, int]:
     """In a worker: (CPU seconds, requests done, failures) for ``urls`` over ``lanes`` lanes."""
-    from pipeline.net.fetch import fetch_url, make_session
+    from pipeline.net.fetch import fetch_url
+    from pipeline.net.session import make_session
 
     options = FetchOptions(allow_private=True, retries=0, per_host=per_host)
 

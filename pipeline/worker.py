@@ -35,13 +35,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipeline.net.admission import Admission
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
 from pipeline.errors import ErrorClass, ItemError, PipelineError, StorageError
-from pipeline.net.hostlimit import TableHandle
-from pipeline.net.hostlimit import install as install_host_table
 from pipeline.memory import limit_arenas, trim_now_and_then
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
+from pipeline.net.admission import Admission
+from pipeline.net.hostlimit import TableHandle
+from pipeline.net.hostlimit import install as install_host_table
 from pipeline.schedule import by_source as group_by_source
 from pipeline.store import NamedStore, Store, open_store
 
@@ -344,7 +344,7 @@ def _session(options: FetchOptions) -> object:
     """This process's session for ``options``; created inside the running loop."""
     session = _sessions.get(options)
     if session is None or session.closed:  # type: ignore[attr-defined]
-        from pipeline.net.fetch import make_session
+        from pipeline.net.session import make_session
 
         session = _sessions[options] = make_session(options)
     return session
@@ -491,7 +491,8 @@ async def _one(
             if _is_local(source):
                 fetched = await asyncio.to_thread(_read_local, source, config.fetch.max_bytes)
             else:
-                from pipeline.net.fetch import body_lease, fetch_url
+                from pipeline.net.budget import body_lease
+                from pipeline.net.fetch import fetch_url
 
                 lease = body_lease(session)  # type: ignore[arg-type]
                 fetched = await fetch_url(

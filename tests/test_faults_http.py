@@ -30,9 +30,10 @@ from rawserver import RawServer, Request, reset, response
 from cli import main
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
-from pipeline.net.fetch import fetch_url, make_session
 from pipeline.models import FetchResult
+from pipeline.net.fetch import fetch_url
 from pipeline.net.guard import blocked_reason
+from pipeline.net.session import make_session
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -28,8 +28,11 @@ from werkzeug.datastructures import Headers
 
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
-from pipeline.net.fetch import fetch_url, make_session, opted_out, parse_retry_after, retry_delay
 from pipeline.models import FetchResult
+from pipeline.net.fetch import fetch_url
+from pipeline.net.headers import opted_out, parse_retry_after
+from pipeline.net.retry import retry_delay
+from pipeline.net.session import make_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -356,7 +359,7 @@ def test_streamed_body_over_max_bytes_is_cut_off(httpserver):
 
 
 def test_too_large_message_uses_human_units():
-    from pipeline.net.fetch import _size
+    from pipeline.net.errors import _size
 
     assert _size(50 * 1024 * 1024) == "50 MB"
     assert _size(1536) == "1.5 KB"

@@ -21,10 +21,11 @@ from conftest import jpeg
 from rawserver import RawServer, Request, response
 
 from pipeline import run
-from pipeline.net import hostlimit
 from pipeline.config import FetchOptions
-from pipeline.net.fetch import fetch_url, make_session
+from pipeline.net import hostlimit
+from pipeline.net.fetch import fetch_url
 from pipeline.net.hostlimit import HostTable
+from pipeline.net.session import make_session
 
 pytestmark = pytest.mark.timeout(90)
 

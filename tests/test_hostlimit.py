@@ -32,13 +32,14 @@ from rawserver import RawServer, Request, response
 from test_faults_process import descendants
 
 from cli import main
-from pipeline.net import hostlimit
 from pipeline.config import FetchOptions, RunConfig
 from pipeline.errors import UsageError
 from pipeline.executors import LocalExecutor
-from pipeline.net.fetch import fetch_url, make_session
-from pipeline.net.hostlimit import HostTable, TableHandle
 from pipeline.models import FetchResult, Shard
+from pipeline.net import hostlimit
+from pipeline.net.fetch import fetch_url
+from pipeline.net.hostlimit import HostTable, TableHandle
+from pipeline.net.session import make_session
 
 pytestmark = [
     pytest.mark.timeout(60),

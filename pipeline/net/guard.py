@@ -1,11 +1,11 @@
-"""Which IP addresses a fetch may connect to: the SSRF guard's policy (pure, no network).
+"""The SSRF guard: which IP addresses a fetch may connect to, checked on each address connected to.
 
 A manifest is untrusted input: a URL, a redirect or a DNS name can point at the machine
 running the crawl (``127.0.0.1``, a cloud metadata service at ``169.254.169.254``, a
 database on ``10.0.0.5``). By default only globally routable unicast addresses are allowed.
-``fetch.py`` applies this policy where the address is final: on the resolver's answer
-(names) and on the socket about to connect (IP literals), so redirects and DNS names that
-lead there are caught as well as literal URLs.
+``_Guard`` applies this policy where the address is final: on the resolver's answer
+(names; the resolver is ``session._GuardedResolver``) and on the socket about to connect (IP
+literals), so redirects and DNS names that lead there are caught as well as literal URLs.
 
 An IPv6 address that embeds an IPv4 one (``::ffff:127.0.0.1``, NAT64 ``64:ff9b::/96``,
 6to4 ``2002::/16``) is judged by the IPv4 address it reaches.
@@ -13,7 +13,9 @@ An IPv6 address that embeds an IPv4 one (``::ffff:127.0.0.1``, NAT64 ``64:ff9b::
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 __all__ = ["AddressPolicy", "blocked_reason"]
@@ -81,3 +83,41 @@ class AddressPolicy:
             return None
         target = address if host in (address, f"[{address}]") else f"{host} ({address})"
         return f"refused to connect to {target}: {reason} address (see --allow-private, --allow-host)"
+
+
+class _Blocked(OSError):
+    """An address the policy refuses; raised inside aiohttp's connect, found in `_classify`."""
+
+
+class _Guard:
+    """The session's address policy plus the addresses of exempt hosts already resolved."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        # Addresses that --allow-host names resolved to: the socket hook sees only the address.
+        self.approved: set[str] = set()
+
+    def admit(self, host: str, address: str) -> str | None:
+        """The refusal message for connecting to ``address`` as ``host``, or None."""
+        refusal = self.policy.refusal(host, address)
+        if refusal is None and not self.policy.allow_private and self.policy.host_exempt(host):
+            self.approved.add(address)
+        return refusal
+
+    def socket_factory(self, addr_info: tuple) -> socket.socket:  # type: ignore[type-arg]
+        """aiohttp's last step before connect(); IP-literal URLs skip the resolver, not this."""
+        family, type_, proto, _, sockaddr = addr_info
+        address = str(sockaddr[0])
+        if address not in self.approved and (refusal := self.admit(address, address)):
+            raise _Blocked(errno.EACCES, refusal)
+        return socket.socket(family, type_, proto)
+
+
+def _blocked_in(exc: BaseException) -> _Blocked | None:
+    """The `_Blocked` under aiohttp's wrapping (os_error / __cause__), if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None or isinstance(seen, _Blocked):
+            return seen
+        seen = getattr(seen, "os_error", None) or seen.__cause__
+    return None
