@@ -40,6 +40,7 @@ import aiohttp
 from pipeline.config import FetchOptions
 from pipeline.net import hostlimit
 from pipeline.net.fetch import fetch_url
+from pipeline.net.hosttable import HostTable
 from pipeline.net.session import make_session
 
 IN_FLIGHT = 64
@@ -112,7 +113,7 @@ async def _main(
     per_second: dict[str, list[float]] = {way: [] for way in ways}
     connector = aiohttp.TCPConnector(limit=options.concurrency, limit_per_host=options.per_host)
     session = make_session(replace(options, per_host_rate=None))  # no table: per process
-    table = hostlimit.HostTable.create(1)
+    table = HostTable.create(1)
     try:
         assert table.handle is not None
         hostlimit.install(table.handle)  # what a pool worker's initializer does

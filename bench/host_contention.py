@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from bench.fetch_overhead import _start_server
 from pipeline.config import FetchOptions
-from pipeline.net import hostlimit
+from pipeline.net.hosttable import HostTable
 from pipeline.worker import init_worker
 
 WAYS = {"table": 8, "per-process": 4}  # --per-host of each way
@@ -65,7 +65,7 @@ def _lanes(urls: list[str], per_host: int, lanes: int) -> tuple[float, int, int]
 
 def _one_run(way: str, urls: list[str], lanes: int) -> tuple[float, float]:
     """(requests/s, CPU-ms per request of both workers) for one way."""
-    table = hostlimit.HostTable.create(2) if way == "table" else None
+    table = HostTable.create(2) if way == "table" else None
     handle = table.handle if table is not None else None
     try:
         with ProcessPoolExecutor(

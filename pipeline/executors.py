@@ -19,7 +19,7 @@ from typing import Protocol
 from pipeline.config import RunConfig, default_procs
 from pipeline.errors import PipelineError, UsageError
 from pipeline.models import ManifestRow, Shard
-from pipeline.net.hostlimit import HostTable, supported
+from pipeline.net.hosttable import HostTable, supported
 from pipeline.schedule import BATCH_ROWS, batches, split
 from pipeline.worker import Finished, collect_rows, failed_items, feed_rows, init_worker, ready
 

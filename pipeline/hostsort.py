@@ -1,7 +1,7 @@
 """Pre-processing for politeness across machines: a manifest's rows grouped by host, streamed.
 
 On one machine, ``--per-host`` holds for all local worker processes together
-(``hostlimit.py``), but nothing is shared between machines or between Ray worker
+(``net/hostlimit.py``), but nothing is shared between machines or between Ray worker
 processes, so there the requests one host sees at once are::
 
     per_host x (machines, or Ray processes, running shards that hold that host's URLs)

@@ -40,8 +40,8 @@ from pipeline.errors import ErrorClass, ItemError, PipelineError, StorageError
 from pipeline.memory import limit_arenas, trim_now_and_then
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard, ShardReport, Status
 from pipeline.net.admission import Admission
-from pipeline.net.hostlimit import TableHandle
 from pipeline.net.hostlimit import install as install_host_table
+from pipeline.net.hosttable import TableHandle
 from pipeline.schedule import by_source as group_by_source
 from pipeline.store import NamedStore, Store, open_store
 

@@ -24,7 +24,7 @@ from pipeline import run
 from pipeline.config import FetchOptions
 from pipeline.net import hostlimit
 from pipeline.net.fetch import fetch_url
-from pipeline.net.hostlimit import HostTable
+from pipeline.net.hosttable import HostTable
 from pipeline.net.session import make_session
 
 pytestmark = pytest.mark.timeout(90)

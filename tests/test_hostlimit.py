@@ -1,4 +1,4 @@
-"""Per-host limits for the whole machine (pipeline/net/hostlimit.py): real worker processes, real
+"""Per-host limits for the whole machine (pipeline/net/hostlimit.py, hosttable.py): real worker processes, real
 servers on several ports of 127.0.0.1 (one host each), the real CLI.
 
 Each server records what one host sees: connections open at once (one request each: the
@@ -38,7 +38,7 @@ from pipeline.executors import LocalExecutor
 from pipeline.models import FetchResult, Shard
 from pipeline.net import hostlimit
 from pipeline.net.fetch import fetch_url
-from pipeline.net.hostlimit import HostTable, TableHandle
+from pipeline.net.hosttable import HostTable, TableHandle
 from pipeline.net.session import make_session
 
 pytestmark = [
@@ -284,7 +284,8 @@ def test_rate_cap_without_a_table_holds_per_process() -> None:
 CHILD = """
 import sys, time
 from multiprocessing import resource_tracker
-from pipeline.net.hostlimit import HostGate, HostTable, TableHandle
+from pipeline.net.hostlimit import HostGate
+from pipeline.net.hosttable import HostTable, TableHandle
 handle = TableHandle(*sys.argv[1:3], *map(int, sys.argv[3:5]))
 gate = HostGate(HostTable.attach(handle))
 resource_tracker.unregister("/" + handle.shm_name, "shared_memory")
