@@ -1,5 +1,5 @@
-"""Per-host limits for the whole machine (pipeline/net/hostlimit.py, hosttable.py): real worker processes, real
-servers on several ports of 127.0.0.1 (one host each), the real CLI.
+"""Per-host limits for the whole machine (pipeline/net/hosttable.py, hostlimit.py): real worker
+processes, real servers on several ports of 127.0.0.1 (one host each), the real CLI.
 
 Each server records what one host sees: connections open at once (one request each: the
 test server closes every connection after its response), the start of every request and

@@ -48,7 +48,7 @@ def make_session(options: FetchOptions) -> aiohttp.ClientSession:
     )
     # total=None: aiohttp's `total`/`connect` also count the wait for a pool slot, so a host
     # capped at `per_host` connections would time out its own queue. The per-attempt deadline
-    # is enforced in `_attempt` with asyncio.timeout, paused while queued (see `_trace_config`).
+    # is enforced in `fetch._attempt` with asyncio.timeout, paused while queued (see `_trace_config`).
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=options.connect_timeout, sock_read=options.read_timeout
     )
@@ -142,7 +142,7 @@ def _trace_config(*, hosts: bool) -> aiohttp.TraceConfig:
 
 @dataclass(frozen=True, slots=True)
 class _DeadlineRef:
-    """What `_attempt` hands to the trace hooks through aiohttp's trace_request_ctx."""
+    """What `fetch._attempt` hands to the trace hooks through aiohttp's trace_request_ctx."""
 
     deadline: asyncio.Timeout
     timeout: float
