@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from bench.photos import display_p3_profile, photo, to_display_p3
-from pipeline import process
 from pipeline.config import ProcessOptions
+from pipeline.image import process
 from pipeline.store import Store
 
 SRGB = ImageCms.createProfile("sRGB")

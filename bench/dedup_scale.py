@@ -141,8 +141,8 @@ def _record(out: Path, images: list, quality_seed: int) -> list:
     """Write each picture as a content-addressed JPEG under OUT/thumbs; its ImageInfo."""
     from io import BytesIO
 
+    from pipeline.image.process import dhash, phash
     from pipeline.models import ImageInfo, Thumbnail
-    from pipeline.process import dhash, phash
 
     rng = np.random.default_rng(quality_seed)
     infos = []

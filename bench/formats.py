@@ -82,15 +82,20 @@ def child(tree: str, corpus: Path, passes: int, psnr: bool) -> None:
     import numpy as np
     from PIL import Image, ImageOps
 
-    from pipeline import process
+    import pipeline
     from pipeline.config import ProcessOptions
     from pipeline.store import Store
+
+    try:
+        from pipeline.image import process
+    except ModuleNotFoundError:  # a tree from before the image/ package (issue 15)
+        from pipeline import process  # type: ignore[no-redef]
 
     Image.init()  # every plugin: AVIF and WebP are not among Pillow's preloaded ones
     options = ProcessOptions(keep_originals=False, formats=tuple(Image.OPEN))
     files = sorted(p for p in corpus.iterdir() if p.suffix[1:] in FORMATS)
     blobs = {p: p.read_bytes() for p in files}
-    result: dict[str, object] = {"tree": str(Path(process.__file__).parent.parent)}
+    result: dict[str, object] = {"tree": str(Path(pipeline.__file__).parent.parent)}
     with tempfile.TemporaryDirectory(dir="/dev/shm") as scratch:
         store = Store(Path(scratch))
         for data in blobs.values():  # warm-up, untimed

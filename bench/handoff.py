@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.images import load_pool
 from bench.server import _with_comment
 from pipeline.config import ProcessOptions
-from pipeline.process import process_image
+from pipeline.image.process import process_image
 from pipeline.store import Store
 
 

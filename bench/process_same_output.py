@@ -70,8 +70,12 @@ def _digest(code: str) -> list[list[str]]:
     import warnings
 
     from pipeline.config import ProcessOptions
-    from pipeline.process import process_image
     from pipeline.store import Store
+
+    try:
+        from pipeline.image.process import process_image
+    except ModuleNotFoundError:  # a tree from before the image/ package (issue 15)
+        from pipeline.process import process_image  # type: ignore[no-redef]
 
     warnings.simplefilter("ignore")  # Pillow's corrupt-EXIF warnings
     option_sets = [

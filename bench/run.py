@@ -213,7 +213,7 @@ def thumbnail_psnr() -> dict[str, object]:
 
     from bench.images import load_pool
     from pipeline.config import ProcessOptions
-    from pipeline.process import process_image
+    from pipeline.image.process import process_image
     from pipeline.store import Store
 
     def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import skimage.data
 from PIL import Image, ImageDraw
 
 from pipeline.config import ProcessOptions
-from pipeline.process import process_image
+from pipeline.image.process import process_image
 from pipeline.store import Store
 
 BOX = (192, 128)

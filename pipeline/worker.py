@@ -551,7 +551,7 @@ def _process(
     body: bytes, options: ProcessOptions, store: Store
 ) -> tuple[ImageInfo | None, ErrorClass | None, str | None]:
     """The CPU stage's edge: per-item failures become data here."""
-    from pipeline.process import process_image
+    from pipeline.image.process import process_image
 
     try:
         return process_image(body, options=options, store=store), None, None

@@ -116,7 +116,7 @@ _PEAK = """
 import sys
 from pathlib import Path
 from pipeline.config import ProcessOptions
-from pipeline.process import process_image
+from pipeline.image.process import process_image
 from pipeline.store import Store
 data = Path(sys.argv[1]).read_bytes()
 small = Path(sys.argv[2]).read_bytes()

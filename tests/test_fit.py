@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from cli import main
 from pipeline.catalog import Catalog
 from pipeline.config import ProcessOptions
-from pipeline.process import process_image
+from pipeline.image.process import process_image
 from pipeline.store import Store
 
 pytestmark = pytest.mark.timeout(300)

@@ -28,7 +28,7 @@ from PIL import Image
 from cli import main
 from pipeline.config import DEFAULT_FORMATS, ProcessOptions
 from pipeline.errors import ErrorClass, ItemError
-from pipeline.process import process_image
+from pipeline.image.process import process_image
 from pipeline.store import Store
 
 pytestmark = pytest.mark.timeout(180)

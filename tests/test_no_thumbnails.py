@@ -15,7 +15,7 @@ from pytest_httpserver import HTTPServer
 from cli import main
 from pipeline.config import ProcessOptions
 from pipeline.errors import ErrorClass, ItemError
-from pipeline.process import process_image
+from pipeline.image.process import process_image
 from pipeline.store import Store
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 from pipeline.config import ProcessOptions
 from pipeline.errors import ErrorClass, ItemError
+from pipeline.image.process import HASH_SIZE, dhash, fit_size, phash, process_image
 from pipeline.models import ImageInfo
-from pipeline.process import HASH_SIZE, dhash, fit_size, phash, process_image
 from pipeline.store import Store
 
 pytestmark = pytest.mark.timeout(60)

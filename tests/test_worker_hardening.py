@@ -78,7 +78,7 @@ from pathlib import Path
 from pipeline.config import ProcessOptions
 from pipeline.store import Store
 from pipeline.worker import _process
-import numpy, PIL.Image, pipeline.process  # imported before the cap: only the decode may fail
+import numpy, PIL.Image, pipeline.image.process  # imported before the cap: only the decode may fail
 
 side = 9000  # RGB: 243 MB of pixels, under --max-pixels (89 M), over the address space left
 chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -12,7 +12,7 @@ Per image, in order (each step is a small function below):
 2. JPEG: ``draft`` to the smallest DCT scale still >= the largest scale any output needs
    (for ``cover`` the box's short side decides), so libjpeg decodes at 1/2, 1/4 or 1/8
    size; WebP: libwebp's scaling decoder writes the picture at twice that scale
-   (``_libwebp``); decode once.
+   (``webp.py``); decode once.
 3. Normalise the mode (CMYK → RGB, palette → RGB/RGBA, 16-bit → 8-bit scaled, ...).
    Colour: an RGB picture with an ICC profile (Display P3 from phones, Adobe RGB from
    cameras) is converted to sRGB by littleCMS on the first (largest) reduced step, and
@@ -56,9 +56,9 @@ try:
 except ImportError:  # a Pillow built without littleCMS: profiles are passed on instead
     ImageCms = None  # type: ignore[assignment]
 
-from pipeline import _libwebp
 from pipeline.config import ProcessOptions, color_rgba, size_box
 from pipeline.errors import ErrorClass, ItemError
+from pipeline.image import webp
 from pipeline.models import ImageInfo, Thumbnail
 from pipeline.store import Store
 
@@ -378,11 +378,11 @@ def _webp_scaled(data: bytes, size: tuple[int, int], scale: float) -> Image.Imag
     wanted = _WEBP_OVERSCALE * scale
     if wanted >= 1:
         return None
-    lib = _libwebp.load(Path(PIL.__file__).parent)
+    lib = webp.load(Path(PIL.__file__).parent)
     if lib is None:
         return None
     width, height = size
-    pixels = _libwebp.decode_scaled(lib, data, (max(1, round(width * wanted)), max(1, round(height * wanted))))
+    pixels = webp.decode_scaled(lib, data, (max(1, round(width * wanted)), max(1, round(height * wanted))))
     return None if pixels is None else Image.fromarray(pixels)
 
 
