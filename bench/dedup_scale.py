@@ -141,7 +141,7 @@ def _record(out: Path, images: list, quality_seed: int) -> list:
     """Write each picture as a content-addressed JPEG under OUT/thumbs; its ImageInfo."""
     from io import BytesIO
 
-    from pipeline.image.process import dhash, phash
+    from pipeline.image.hashes import dhash, phash
     from pipeline.models import ImageInfo, Thumbnail
 
     rng = np.random.default_rng(quality_seed)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from pipeline.image.process import dhash, phash
+from pipeline.image.hashes import dhash, phash
 
 
 def work(body: bytes, workload: str, out: Path) -> bool:

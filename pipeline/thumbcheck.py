@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DedupError
-from pipeline.image.process import thumbnail_view
+from pipeline.image.view import thumbnail_view
 
 VERSION = 5  # bump when the check changes: cached verdicts of another version are ignored
 SIDE = 32

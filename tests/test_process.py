@@ -17,7 +17,9 @@ from PIL import Image, ImageDraw, ImageOps
 
 from pipeline.config import ProcessOptions
 from pipeline.errors import ErrorClass, ItemError
-from pipeline.image.process import HASH_SIZE, dhash, fit_size, phash, process_image
+from pipeline.image.fit import fit_size
+from pipeline.image.hashes import HASH_SIZE, dhash, phash
+from pipeline.image.process import process_image
 from pipeline.models import ImageInfo
 from pipeline.store import Store
 

@@ -12,8 +12,8 @@ No new dependency: the library is the one Pillow's own ``_webp`` module links (f
 bytes are parsed by the same code either way. The structures below are libwebp's
 ``decode.h`` (``WEBP_DECODER_ABI_VERSION`` 0x0209, libwebp >= 0.5, 2016); libwebp checks the
 version we pass and refuses a different major one, and then ``decode_scaled`` returns None
-and the caller decodes through Pillow as before. Imports no Pillow (process.py stays the
-only module that does); ``load`` is handed Pillow's folder to look in.
+and the caller decodes through Pillow as before. Imports no Pillow; ``load`` is handed
+Pillow's folder to look in (by ``decode._webp_scaled``).
 """
 
 from __future__ import annotations
