@@ -48,7 +48,7 @@ AREAS = (
     ("decode (libjpeg)", ("load (PIL/ImageFile", "decode")),
     ("resize", ("resize (PIL/Image.py",)),
     ("encode thumbnail", ("save (PIL/Image.py",)),
-    ("sha256 + process glue", ("process_image (pipeline/process.py",)),
+    ("sha256 + process glue", ("process_image (pipeline/image/process.py",)),
     ("store writes", ("pipeline/store.py",)),
     ("dhash/phash", ("dhash (", "phash (")),
     ("aiohttp / fetch", ("aiohttp/", "pipeline/net/")),
