@@ -1,4 +1,4 @@
-"""The CPU ceiling: ``pipeline.process.process_image`` over the same images, from memory, on
+"""The CPU ceiling: ``pipeline.image.process.process_image`` over the same images, from memory, on
 every core (one process per core, no network, no event loop, no catalog).
 
 ``python -m bench.ceiling W1|W2 COUNT OUT`` prints one JSON line. Image ``i`` has exactly

@@ -12,7 +12,7 @@ End to end on a real catalog with real thumbnails (issue 13): ``--catalog 10000,
 generates, once, 100,000 small JPEG thumbnails (64-96 px: random smooth pictures, a fifth of
 them in near-duplicate groups of 2-6 resized/recompressed/brightened/noised/cropped
 copies), records them through ``Catalog.write_rows`` as a run would (pHash/dHash by
-``pipeline.process``), then times ``pipeline dedup OUT`` (the CLI, in a child: wall, CPU,
+``pipeline.image.hashes``), then times ``pipeline dedup OUT`` (the CLI, in a child: wall, CPU,
 peak RSS of its process tree) on the first 10k/30k/100k rows, and with ``--cluster 5000``
 the 100k catalog where every 20th row is instead one of 5,000 near copies of one picture.
 
