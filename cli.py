@@ -46,13 +46,13 @@ from pipeline.config import (
     parse_size,
 )
 from pipeline.errors import PipelineError, UsageError
-from pipeline.executors import EXECUTORS, make_executor
 from pipeline.export import FORMATS, export
-from pipeline.hostsort import group_by_host
 from pipeline.manifest import open_manifest
 from pipeline.merge import merge
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.runner import Progress, RunSummary, run
+from pipeline.schedule.executors import EXECUTORS, make_executor
+from pipeline.schedule.hostsort import group_by_host
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 _F, _P = FetchOptions(), ProcessOptions()

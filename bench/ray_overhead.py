@@ -39,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.executors import LocalExecutor
 from pipeline.runner import run
+from pipeline.schedule.executors import LocalExecutor
 
 
 def _pool(count: int, width: int, height: int) -> list[bytes]:
@@ -123,7 +123,7 @@ def main() -> None:
 
     import ray
 
-    from pipeline.ray_executor import RayExecutor
+    from pipeline.schedule.ray_executor import RayExecutor
 
     receiver, sender = multiprocessing.Pipe(duplex=False)
     server = multiprocessing.get_context("spawn").Process(

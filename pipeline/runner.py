@@ -24,7 +24,6 @@ from typing import Any
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
 from pipeline.errors import ManifestTruncated, PipelineError, ResumeRefused, StorageError, UsageError
-from pipeline.executors import LocalExecutor, RowExecutor
 from pipeline.layout import default_layout, name_rows
 from pipeline.limits import fit_open_files
 from pipeline.manifest import (
@@ -38,8 +37,10 @@ from pipeline.manifest import (
 )  # fmt: skip
 from pipeline.models import ItemResult, ManifestRow, Shard, ShardDone, Status
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
-from pipeline.schedule import ShardTracker, batch_size, batches
-from pipeline.shards import iter_shards, keep_rows
+from pipeline.schedule.batches import batch_size, batches
+from pipeline.schedule.executors import LocalExecutor, RowExecutor
+from pipeline.schedule.shards import iter_shards, keep_rows
+from pipeline.schedule.tracker import ShardTracker
 from pipeline.store import open_store
 from pipeline.worker import invalid_item
 

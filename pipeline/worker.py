@@ -42,7 +42,7 @@ from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Sha
 from pipeline.net.admission import Admission
 from pipeline.net.hostlimit import install as install_host_table
 from pipeline.net.hosttable import TableHandle
-from pipeline.schedule import by_source as group_by_source
+from pipeline.schedule.batches import by_source as group_by_source
 from pipeline.store import NamedStore, Store, open_store
 
 # aiohttp, Pillow and numpy are imported by the functions that run in the worker, not here:

@@ -34,12 +34,12 @@ from test_faults_process import descendants
 from cli import main
 from pipeline.config import FetchOptions, RunConfig
 from pipeline.errors import UsageError
-from pipeline.executors import LocalExecutor
 from pipeline.models import FetchResult, Shard
 from pipeline.net import hostlimit
 from pipeline.net.fetch import fetch_url
 from pipeline.net.hosttable import HostTable, TableHandle
 from pipeline.net.session import make_session
+from pipeline.schedule.executors import LocalExecutor
 
 pytestmark = [
     pytest.mark.timeout(60),

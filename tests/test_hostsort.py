@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline import hostsort
-from pipeline.hostsort import host_key
 from pipeline.manifest import open_manifest, read_rows
-from pipeline.shards import iter_shards
+from pipeline.schedule import hostsort
+from pipeline.schedule.hostsort import host_key
+from pipeline.schedule.shards import iter_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTS = ["a.example.com", "img.b.org", "cdn.a.example.com", "c.net"]

@@ -118,7 +118,7 @@ def _run_killing_actors(
     """Rows /ok/0, /hang, /ok/1: once the two others are committed, the actor holding /hang
     (found by the client port of its request) is SIGKILLed, on each of the first ``kills``
     attempts; a later attempt is answered."""
-    from pipeline.ray_executor import RayExecutor
+    from pipeline.schedule.ray_executor import RayExecutor
 
     ports: queue.Queue[int] = queue.Queue()
     release = threading.Event()
@@ -182,7 +182,7 @@ def test_a_row_that_keeps_losing_its_actor_is_recorded_not_dropped(
 def test_rows_that_never_answer_do_not_hold_back_the_others(server: HTTPServer, tmp_path: Path) -> None:
     """Two silent URLs, as many as there are actors, in two batches: a task per batch would
     idle both CPUs; actors keep fetching and the other rows reach the catalog meanwhile."""
-    from pipeline.ray_executor import RayExecutor
+    from pipeline.schedule.ray_executor import RayExecutor
 
     release = threading.Event()
 
@@ -219,7 +219,7 @@ def test_a_full_disk_stops_the_run_and_its_actors(server: HTTPServer, tmp_path: 
     """A ``StorageError`` raised inside an actor (OUT on a 256 KB tmpfs fills up) is fatal for
     the run, as with the local pool, and the run's actors are killed on the way out."""
     from pipeline.errors import StorageError
-    from pipeline.ray_executor import RayExecutor
+    from pipeline.schedule.ray_executor import RayExecutor
 
     small = tmp_path / "small"
     small.mkdir()

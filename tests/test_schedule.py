@@ -24,7 +24,7 @@ from rawserver import RawServer, Request, response
 from test_faults_process import assert_complete, assert_consistent, cli_cmd, run_cli, spawn, wait_until
 
 from pipeline import run
-from pipeline.executors import LocalExecutor
+from pipeline.schedule.executors import LocalExecutor
 from pipeline.worker import Finished
 
 pytestmark = [

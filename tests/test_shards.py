@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.models import ManifestRow
-from pipeline.shards import iter_shards, keep_rows
+from pipeline.schedule.shards import iter_shards, keep_rows
 
 
 def _rows(n: int):

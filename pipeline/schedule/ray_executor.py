@@ -69,9 +69,9 @@ from typing import Any
 
 from pipeline.config import RunConfig
 from pipeline.errors import PipelineError, UsageError
-from pipeline.executors import TICK_S, window_rows
 from pipeline.models import ManifestRow, Shard
-from pipeline.schedule import batches
+from pipeline.schedule.batches import batches
+from pipeline.schedule.executors import TICK_S, window_rows
 from pipeline.worker import Finished, collect_rows, failed_items, feed_rows
 
 # A collect answers after this long even with no row finished, so that the driver can feed an

@@ -1,10 +1,10 @@
-"""Stage 3: rows, not shards, are what workers receive; shards are what the catalog completes.
+"""Batches: a shard's rows cut into small batches for the workers, a source's rows kept together.
 
 A shard (``shards.py``: a deterministic range of rows) stays the unit of identity and of
 resume. It is no longer the unit that holds a worker: the parent cuts each shard into small
 batches (``batches``), workers report every row the moment it ends, and the parent commits
 finished rows every second or so, marking a shard done in the transaction that brings its
-last row (``ShardTracker``). So one URL that never answers holds one download slot, not a
+last row (``tracker.ShardTracker``). So one URL that never answers holds one download slot, not a
 500-row shard and its place in the window, and a folder of 240 photos (one shard) spreads
 over every worker (issue 10: hanging URLs paced a web crawl at ~87 rows/s; one worker did a
 whole folder).
@@ -15,11 +15,9 @@ A source repeated within a shard stays in one batch, so it is still fetched once
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
-from pipeline.models import ItemResult, ManifestRow, Shard, ShardDone
+from pipeline.models import ManifestRow, Shard
 
 # Rows per batch: ~15 ms of a fast worker's work (W1: ~2,000 rows/s a process), so the cost
 # of a call (~0.2 ms) is small, and few enough that no worker holds much more than it needs.
@@ -51,54 +49,6 @@ def batches(rows: list[ManifestRow], shard_id: int, size: int) -> Iterator[Shard
         batch.extend(same)
     if batch:
         yield Shard(shard_id, tuple(batch))
-
-
-@dataclass(slots=True)
-class _Open:
-    """A shard with rows still out: how many, and what its finished rows cost so far."""
-
-    remaining: int
-    started: float
-    fetched: int = 0
-    bytes_downloaded: int = 0
-    worker_pid: int | None = None
-
-
-@dataclass(slots=True)
-class ShardTracker:
-    """Which shards of this invocation still wait for rows, and which a batch of rows completes."""
-
-    shard_size: int
-    _open: dict[int, _Open] = field(default_factory=dict)
-
-    def expect(self, shard: Shard) -> None:
-        """``shard``'s rows (all of them, or the part this invocation runs) are on their way."""
-        self._open[shard.shard_id] = _Open(len(shard.rows), time.perf_counter())
-
-    def shard_of(self, item: ItemResult) -> int:
-        return item.row // self.shard_size
-
-    def finish(self, items: list[ItemResult], worker_pid: int | None = None) -> list[ShardDone]:
-        """Count ``items`` in; the shards they complete (to mark done with them)."""
-        done = []
-        for item in items:
-            shard_id = self.shard_of(item)
-            entry = self._open.get(shard_id)
-            if entry is None:
-                continue  # not expected here (cannot happen); the row is still written
-            entry.remaining -= 1
-            entry.fetched += item.attempts > 0
-            entry.bytes_downloaded += item.image.bytes if item.image else 0
-            entry.worker_pid = worker_pid or entry.worker_pid
-            if entry.remaining == 0:
-                del self._open[shard_id]
-                elapsed = time.perf_counter() - entry.started
-                done.append(ShardDone(shard_id, entry.fetched, entry.bytes_downloaded, elapsed, entry.worker_pid))
-        return done
-
-    @property
-    def open_shards(self) -> int:
-        return len(self._open)
 
 
 def split(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[ManifestRow]]:

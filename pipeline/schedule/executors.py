@@ -1,4 +1,4 @@
-"""Ways to run batches of rows. Each takes a lazy stream of batches (``schedule.py``) and
+"""Ways to run batches of rows. Each takes a lazy stream of batches (``batches.py``) and
 yields the rows as they finish, in whatever order they finish.
 
 An executor never touches the catalog: the runner, in the parent, is the single writer.
@@ -20,7 +20,7 @@ from pipeline.config import RunConfig, default_procs
 from pipeline.errors import PipelineError, UsageError
 from pipeline.models import ManifestRow, Shard
 from pipeline.net.hosttable import HostTable, supported
-from pipeline.schedule import BATCH_ROWS, batches, split
+from pipeline.schedule.batches import BATCH_ROWS, batches, split
 from pipeline.worker import Finished, collect_rows, failed_items, feed_rows, init_worker, ready
 
 # With nothing finished for this long, an executor yields an empty ``Finished`` anyway, so
@@ -270,7 +270,7 @@ def make_executor(name: str, *, procs: int | None = None, ray_address: str | Non
             raise UsageError("--ray-address needs --executor ray")
         return LocalExecutor(procs or default_procs())
     if name == "ray":
-        from pipeline.ray_executor import RayExecutor  # the only module that imports ray
+        from pipeline.schedule.ray_executor import RayExecutor  # the only module that imports ray
 
         return RayExecutor(address=ray_address, num_cpus=procs)
     raise UsageError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")
