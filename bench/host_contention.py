@@ -4,7 +4,7 @@
 [--route tiny|img]``
 starts the loopback server (``bench/server.py``) on ONE port, so every request goes to one
 host, then runs two worker processes, as the local executor does (spawned, initialised by
-``pipeline.worker.init_worker``), each with one session and ``--lanes`` requests wanting to
+``pipeline.worker.protocol.init_worker``), each with one session and ``--lanes`` requests wanting to
 be in flight (``fetch_url``, ``/lat/MS/tiny/N.jpg``: a 16x16 JPEG, so that the network
 stage's own CPU is small next to what is measured), alternating two ways of allowing the
 host 8 requests at once:
@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from bench.fetch_overhead import _start_server
 from pipeline.config import FetchOptions
 from pipeline.net.hosttable import HostTable
-from pipeline.worker import init_worker
+from pipeline.worker.protocol import init_worker
 
 WAYS = {"table": 8, "per-process": 4}  # --per-host of each way
 

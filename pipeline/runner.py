@@ -42,7 +42,7 @@ from pipeline.schedule.executors import LocalExecutor, RowExecutor
 from pipeline.schedule.shards import iter_shards, keep_rows
 from pipeline.schedule.tracker import ShardTracker
 from pipeline.store import open_store
-from pipeline.worker import invalid_item
+from pipeline.worker.items import invalid_item
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from pipeline.errors import ErrorClass, ManifestError, ManifestTruncated
 from pipeline.manifest import open_manifest, read_rows
 from pipeline.models import Shard
 from pipeline.runner import build_config
-from pipeline.worker import run_shard
+from pipeline.worker.protocol import run_shard
 
 CAPTION = "A red bicycle leaning on a wall at golden hour; 35 mm; shallow depth of field " * 5  # > 255 bytes
 HUGE = "x" * (2 << 20)  # a 2 MB cell

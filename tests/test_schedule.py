@@ -25,7 +25,7 @@ from test_faults_process import assert_complete, assert_consistent, cli_cmd, run
 
 from pipeline import run
 from pipeline.schedule.executors import LocalExecutor
-from pipeline.worker import Finished
+from pipeline.worker.loop import Finished
 
 pytestmark = [
     pytest.mark.timeout(120),

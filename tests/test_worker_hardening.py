@@ -19,7 +19,7 @@ from rawserver import RawServer, Request, response
 from pipeline.config import FetchOptions, RunConfig
 from pipeline.errors import StorageError
 from pipeline.models import ManifestRow, Shard
-from pipeline.worker import collect_rows, feed_rows, init_worker, run_shard
+from pipeline.worker.protocol import collect_rows, feed_rows, init_worker, run_shard
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -77,7 +77,7 @@ import json, resource, struct, sys, zlib
 from pathlib import Path
 from pipeline.config import ProcessOptions
 from pipeline.store import Store
-from pipeline.worker import _process
+from pipeline.worker.rows import _process
 import numpy, PIL.Image, pipeline.image.process  # imported before the cap: only the decode may fail
 
 side = 9000  # RGB: 243 MB of pixels, under --max-pixels (89 M), over the address space left
@@ -113,18 +113,18 @@ def test_a_bug_outside_a_rows_guard_fails_its_rows_instead_of_losing_them(
     """Every row the parent hands out must come back, or the run waits for it for ever. A bug
     in the row coroutine itself (outside its own try: injected here, as no input can reach
     one on purpose) fails the rows of that batch as `internal`, naming the error."""
-    from pipeline import worker
+    from pipeline.worker import protocol, rows
 
     async def broken_row(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in the row loop")
 
-    monkeypatch.setattr(worker, "_row", broken_row)
+    monkeypatch.setattr(rows, "_row", broken_row)
     batch = Shard(0, _rows(0, [str(tmp_path / f"{i}.jpg") for i in range(3)]))
     config = RunConfig(out=tmp_path / "out", procs=1, local_root=tmp_path)
-    got = worker.feed_rows(batch, config)
+    got = protocol.feed_rows(batch, config)
     deadline = 60
     while len(got.items) < 3 and deadline > 0:  # bounded: each call waits for an answer
-        got.items.extend(worker.collect_rows(max_wait_s=1).items)
+        got.items.extend(protocol.collect_rows(max_wait_s=1).items)
         deadline -= 1
     assert sorted(item.row for item in got.items) == [0, 1, 2]
     assert {(item.status.value, item.error_class.value) for item in got.items} == {("failed", "internal")}

@@ -13,7 +13,7 @@ So a download starts only while fewer than ``backlog_limit`` bodies wait for (or
 the CPU stage (see below), and the in-flight cap starts small and grows by one for each
 download that completes while the cap was the binding limit (TCP's slow start: it doubles
 every round trip), up to ``--concurrency``. A worker process has one admission for all the shards it
-holds (they overlap, worker.py), so only its first shard ramps up.
+holds (they overlap, worker/resources.py), so only its first shard ramps up.
 
 The backlog is also bounded in bytes (the caller's ``max_backlog_bytes``): 32 bodies are 8 MB
 of bench's JPEGs but could be 1.6 GB at ``--max-bytes`` 50 MB each.

@@ -21,7 +21,9 @@ from pipeline.errors import PipelineError, UsageError
 from pipeline.models import ManifestRow, Shard
 from pipeline.net.hosttable import HostTable, supported
 from pipeline.schedule.batches import BATCH_ROWS, batches, split
-from pipeline.worker import Finished, collect_rows, failed_items, feed_rows, init_worker, ready
+from pipeline.worker.items import failed_items
+from pipeline.worker.loop import Finished
+from pipeline.worker.protocol import collect_rows, feed_rows, init_worker, ready
 
 # With nothing finished for this long, an executor yields an empty ``Finished`` anyway, so
 # the runner can commit what it holds while every worker waits on slow servers.

@@ -72,7 +72,9 @@ from pipeline.errors import PipelineError, UsageError
 from pipeline.models import ManifestRow, Shard
 from pipeline.schedule.batches import batches
 from pipeline.schedule.executors import TICK_S, window_rows
-from pipeline.worker import Finished, collect_rows, failed_items, feed_rows
+from pipeline.worker.items import failed_items
+from pipeline.worker.loop import Finished
+from pipeline.worker.protocol import collect_rows, feed_rows
 
 # A collect answers after this long even with no row finished, so that the driver can feed an
 # actor whose remaining rows all wait on silent servers as soon as the window has room again.
