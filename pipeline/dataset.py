@@ -494,6 +494,8 @@ class DatasetWriter:
         (one shard waits at most: bounded disk, and at most one unrecorded shard after a kill)."""
         self._wait()
         self._uploading = (part, self._uploads.submit(self.sink.commit, part.path, part.name))
+        if isinstance(self.sink, LocalSink):
+            self._wait()  # a rename: record it now, not at the next commit of rows
 
     def _record_finished(self) -> None:
         if self._uploading is not None and self._uploading[1].done():
