@@ -437,6 +437,7 @@ class DatasetWriter:
                 return ParquetShard(path, self.columns, fields)
             return TarShard(path)
 
+        self._forget_stale()
         recorded = self._recorded()
         self.shards = Shards(
             make,
@@ -476,6 +477,19 @@ class DatasetWriter:
         self._uploads.shutdown(wait=False, cancel_futures=True)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _forget_stale(self) -> None:
+        """After ``--force`` reset the catalog, its rows are gone but these tables (not the
+        catalog module's) still list the old run's shards: forget them, and the shards go
+        with ``_remove_unrecorded``."""
+        db = self.catalog.db
+        stale = db.execute(
+            "SELECT 1 FROM dataset_samples WHERE row NOT IN (SELECT row FROM items WHERE status = 'ok') LIMIT 1"
+        ).fetchone()
+        if stale:
+            with self.catalog.transaction():
+                db.execute("DELETE FROM dataset_samples")
+                db.execute("DELETE FROM dataset_parts")
 
     def _recorded(self) -> set[int]:
         return {r[0] for r in self.catalog.db.execute("SELECT part FROM dataset_parts")}

@@ -151,6 +151,13 @@ def test_parquet_shards_read_by_pyarrow_and_hugging_face(server: HTTPServer, tmp
         assert record["image_64"] == (out / thumbs["64"]).read_bytes()
         assert max(Image.open(io.BytesIO(record["image_64"])).size) <= 64
 
+    # --force with other options starts over: the old shards go, the new ones hold every sample once.
+    _run(manifest, str(out), "--output-format", "parquet", "--samples-per-shard", "5", "--sizes", "128,64",
+         "--no-keep-originals", "--force")  # fmt: skip
+    files = sorted((out / "dataset").glob("*.parquet"))
+    assert [f.name for f in files] == ["00000.parquet", "00001.parquet"]  # 5 + 2
+    assert sorted(pq.read_table(out / "dataset").column("row").to_pylist()) == sorted(ok)
+
     datasets = pytest.importorskip("datasets")
     loaded = datasets.load_dataset(
         "parquet", data_files=str(out / "dataset" / "*.parquet"), split="train", cache_dir=str(tmp_path / "hf")
