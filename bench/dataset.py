@@ -8,6 +8,11 @@ so no other benchmark overlaps it. images/s = ok rows / wall time of the whole c
 (start-up included); a run counts only if every row is ok and, for a dataset, its shards
 hold every ok row once (``_stats.json``). Reported: each run, the medians, and each
 format's median over files'. Results: ``bench/results/dataset-<UTC>.json``.
+
+``--pack-reps N`` also times the packing alone, the part a dataset adds, which whole-run
+throughput on a shared machine measures poorly: one files run, then ``DatasetWriter`` packs
+its 2,000 ok rows (thumbnail + original read back, written into tar shards on the same
+folder) N times in this process, CPU time per sample (tables emptied between repetitions).
 """
 
 from __future__ import annotations
@@ -51,6 +56,33 @@ def run_once(fmt: str, args: argparse.Namespace, manifest: Path, out: Path) -> d
     return result
 
 
+def pack_cost(fmt: str, args: argparse.Namespace, manifest: Path, out: Path) -> list[float]:
+    """CPU ms per sample of packing a finished files run's ok rows, ``args.pack_reps`` times."""
+    from pipeline.catalog import Catalog
+    from pipeline.dataset import DatasetWriter
+    from pipeline.runner import build_config
+
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = _pipeline_cmd(manifest, out, args.procs, "W2", ["--allow-private"])
+    with bench_lock(args.lock):
+        assert run_measured(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode == 0
+    config = build_config(out, output_format=fmt, samples_per_shard=args.samples_per_shard)
+    costs = []
+    for _ in range(args.pack_reps):
+        with Catalog(out / "catalog.sqlite") as catalog, bench_lock(args.lock):
+            catalog.db.executescript("DROP TABLE IF EXISTS dataset_samples; DROP TABLE IF EXISTS dataset_parts;")
+            shutil.rmtree(out / "dataset", ignore_errors=True)
+            started = time.process_time()
+            writer = DatasetWriter(catalog, config, out)  # packs every ok row not yet in a shard
+            writer.finish()
+            spent = time.process_time() - started
+            samples = catalog.db.execute("SELECT COUNT(*) FROM dataset_samples").fetchone()[0]
+        costs.append(round(spent / samples * 1000, 3))
+        print(json.dumps({"pack": fmt, "samples": samples, "cpu_ms_per_sample": costs[-1]}), flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return costs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.dataset", description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=2000, help="W2 rows (the main bench's) [%(default)s]")
@@ -59,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default="webdataset", help="compared with files: some of webdataset,parquet")
     p.add_argument("--samples-per-shard", type=int, default=1000, help="[%(default)s]: a few shards per run")
     p.add_argument("--pipeline-args", default="", help="extra options for every run")
+    p.add_argument("--pack-reps", type=int, default=0, help="also time the packing alone, this many times")
     p.add_argument("--work-dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     p.add_argument("--lock", type=Path, default=Path("/tmp/bench.lock"))
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
@@ -77,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = {"rep": rep + 1, **run_once(fmt, args, manifest, work / "out")}
                 runs.append(result)
                 print(json.dumps(result), flush=True)
+        packing = {fmt: pack_cost(fmt, args, manifest, work / "out") for fmt in formats[1:] if args.pack_reps}
     finally:
         server.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -94,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         rate = summary[fmt]["median_images_per_s"]
         if base and rate:
             summary[fmt]["throughput_vs_files"] = round(rate / base, 3)
+    for fmt, costs in packing.items():
+        summary[fmt]["median_pack_cpu_ms_per_sample"] = statistics.median(costs)
     report = {"when": stamp, "options": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "summary": summary}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"dataset-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
