@@ -63,10 +63,11 @@ def pack_cost(fmt: str, args: argparse.Namespace, manifest: Path, out: Path) -> 
     from pipeline.runner import build_config
 
     shutil.rmtree(out, ignore_errors=True)
-    cmd = _pipeline_cmd(manifest, out, args.procs, "W2", ["--allow-private"])
+    cmd = _pipeline_cmd(manifest, out, args.procs, "W2", ["--allow-private", *args.pipeline_args.split()])
     with bench_lock(args.lock):
         assert run_measured(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode == 0
-    config = build_config(out, output_format=fmt, samples_per_shard=args.samples_per_shard)
+    keep = "--no-keep-originals" not in args.pipeline_args
+    config = build_config(out, output_format=fmt, samples_per_shard=args.samples_per_shard, keep_originals=keep)
     costs = []
     for _ in range(args.pack_reps):
         with Catalog(out / "catalog.sqlite") as catalog, bench_lock(args.lock):
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline-args", default="", help="extra options for every run")
     p.add_argument("--pack-reps", type=int, default=0, help="also time the packing alone, this many times")
     p.add_argument("--work-dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
-    p.add_argument("--lock", type=Path, default=Path("/tmp/bench.lock"))
+    p.add_argument("--lock", type=lambda v: Path(v) if v else None, default=Path("/tmp/bench.lock"),
+                   help="flock around each timed run ('': none, for CPU-time-only measurements)")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     formats = ["files", *[f for f in args.formats.split(",") if f]]
