@@ -39,6 +39,7 @@ from pipeline.config import (
     FITS,
     KEEP,
     LAYOUTS,
+    OUTPUT_FORMATS,
     THUMB_FORMATS,
     DedupOptions,
     FetchOptions,
@@ -193,6 +194,9 @@ def main() -> None:
 @click.option("--keep-originals/--no-keep-originals", default=True, show_default=True, help="Store the downloaded files too.")
 @click.option("--max-pixels", type=int, default=_P.max_pixels, show_default=True, help="Larger images fail as too_many_pixels.")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Thumbnail names: content (thumbs/256-q85/ab/<sha256>.jpg), mirror (after the source: thumbs/256-q85/2019/beach.jpg; a URL: host/path) or key (after the key column). [default: mirror for a folder, content for a manifest file]")
+@click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), default="files", show_default=True, help="files: one file per image; webdataset: tar shards 00000.tar… of <key>.jpg/.json/.txt; parquet: 00000.parquet… with the image bytes. Shards appear whole (renamed, or one upload each on s3://).")
+@click.option("--samples-per-shard", type=int, default=10_000, show_default=True, help="Samples per webdataset/parquet shard.")
+@click.option("--caption-column", default=None, help="Manifest column written as each sample's .txt (webdataset) or caption column (parquet).")
 @click.option("--url-column", default="url", show_default=True, help="Manifest column holding the URL.")
 @click.option("--key-column", default="key", show_default=True, help="Manifest column holding a row key (optional).")
 @click.option("--local-root", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder local paths and file:// rows must lie under. [default: the manifest's folder]")
@@ -266,15 +270,17 @@ def status_command(out: Path, as_json: bool) -> None:
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write. [default: standard output]")
 @click.option("--unique", is_flag=True, help="One row per distinct image: group representatives and ungrouped images (after `pipeline dedup`).")
+@click.option("--samples-per-shard", type=int, default=10_000, show_default=True, help="For --format webdataset: samples per tar shard.")
 @_handle_errors
-def export_command(out: Path, fmt: str, output: Path | None, unique: bool) -> None:
+def export_command(out: Path, fmt: str, output: Path | None, unique: bool, samples_per_shard: int) -> None:
     """One row per manifest row of the run in OUT, with every column the catalog holds.
 
     OUT is the run's folder, or its catalog file (for a run whose --out was a URL).
+    --format webdataset writes the ok rows' images as tar shards into the folder --output.
     """
-    count = export(out, output, format=fmt, unique=unique)
+    count = export(out, output, format=fmt, unique=unique, samples_per_shard=samples_per_shard)
     if output is not None:
-        click.echo(f"{count:,} rows written to {output}", err=True)
+        click.echo(f"{count:,} {'samples' if fmt == 'webdataset' else 'rows'} written to {output}", err=True)
 
 
 @main.command("merge")

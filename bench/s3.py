@@ -183,6 +183,11 @@ def bucket_keys(server: MotoServer) -> set[str]:
     return keys
 
 
+def dataset_samples(catalog: Path) -> int:
+    with contextlib.closing(sqlite3.connect(catalog)) as db:
+        return db.execute("SELECT count(*) FROM dataset_samples").fetchone()[0]
+
+
 def _boto_credentials() -> dict[str, str]:
     return {
         "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
@@ -248,6 +253,7 @@ def run_once(
         "--procs",
         str(args.procs),
         "-q",
+        *args.pipeline_args.split(),
     ]
     server.reset_counts()
     with bench_lock(args.lock):
@@ -277,12 +283,19 @@ def run_once(
     ok = catalog_ok(catalog) if code == 0 else 0
     result["ok"] = ok
     result["valid"] = code == 0 and ok == args.images
-    if runner == "s3" and result["valid"]:
+    dataset = "--output-format" in args.pipeline_args and "files" not in args.pipeline_args
+    if runner == "s3" and result["valid"] and dataset:
+        # Shards only (one object each) and every ok row in one of them (pipeline/dataset.py).
+        stored = bucket_keys(server)
+        result["objects"] = len(stored)
+        result["valid"] = dataset_samples(catalog) == ok and all(k.startswith("run/dataset/") for k in stored)
+    elif runner == "s3" and result["valid"]:
         named, stored = catalog_keys(catalog), bucket_keys(server)
         result["objects"] = len(stored)
         result["valid"] = named == stored and len(stored) > 0
     result["images_per_s"] = round(args.images / wall, 2)
     shutil.rmtree(work / "out", ignore_errors=True)
+    shutil.rmtree(work / "catalog-files", ignore_errors=True)  # a dataset run's local image files
     catalog.unlink(missing_ok=True)
     for suffix in ("-wal", "-shm"):
         Path(f"{catalog}{suffix}").unlink(missing_ok=True)
@@ -307,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lock", type=Path, default=Path("/tmp/bench.lock"), help="flock around each timed run")
     p.add_argument("--timeout", type=float, default=900.0, help="longest run, s [%(default)s]")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--pipeline-args", default="", help="extra options for every run, e.g. '--output-format webdataset'")
     args = p.parse_args(argv)
     args.tree = args.tree.resolve()
     runners = [r for r in args.runners.split(",") if r]

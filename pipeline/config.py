@@ -32,6 +32,9 @@ NO_ALPHA_FORMATS = ("jpeg",)  # thumbnail formats without an alpha channel
 # the rest with ``pad_color`` (letterbox).
 FITS = ("contain", "cover", "pad")
 LAYOUTS = ("content", "mirror", "key")  # thumbnail names: pipeline/layout.py
+# What a run delivers (issue 14): one file per image (``files``), or its ok samples packed into
+# WebDataset tar shards or Parquet files with the image bytes (pipeline/dataset.py).
+OUTPUT_FORMATS = ("files", "webdataset", "parquet")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -264,6 +267,9 @@ class RunConfig:
     # path), "key" (after the key column). None: mirror for a folder, content for a manifest
     # file (settled by the runner, which knows the manifest: layout.default_layout).
     layout: str | None = None
+    output_format: str = "files"  # one of OUTPUT_FORMATS
+    samples_per_shard: int = 10_000  # samples per dataset shard (webdataset, parquet)
+    caption_column: str | None = None  # manifest column written as each sample's .txt
     num_workers: int = 1  # static partitioning: this run takes shards with
     worker_index: int = 0  # shard_id % num_workers == worker_index
     fetch: FetchOptions = field(default_factory=FetchOptions)
@@ -277,6 +283,9 @@ class RunConfig:
         _require(self.cpu_threads >= 1, "--cpu-threads must be at least 1")
         _require(0.0 <= self.max_failure_rate <= 1.0, "--max-failure-rate must be between 0 and 1")
         _require(self.layout in (None, *LAYOUTS), f"--layout must be one of {', '.join(LAYOUTS)}")
+        _require(self.output_format in OUTPUT_FORMATS, f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
+        _require(self.samples_per_shard >= 1, "--samples-per-shard must be at least 1")
+        _require(self.caption_column is None or bool(self.caption_column.strip()), "--caption-column must not be empty")
         _require(self.num_workers >= 1, "--num-workers must be at least 1")
         _require(0 <= self.worker_index < self.num_workers, "--worker-index must be in 0 .. --num-workers - 1")
         if self.catalog is not None:
@@ -314,6 +323,17 @@ class RunConfig:
             # Servers answer (and opt out) per agent. The default names the version: null, so
             # an upgrade alone does not refuse a resume (older catalogs have no entry: null too).
             "user_agent": None if self.fetch.user_agent == DEFAULT_USER_AGENT else self.fetch.user_agent,
+            # Null for files (older catalogs: no entry). A dataset's shard boundaries and
+            # members follow these, so a resume with others would mix two datasets.
+            **(
+                {}
+                if self.output_format == "files"
+                else {
+                    "output_format": self.output_format,
+                    "samples_per_shard": self.samples_per_shard,
+                    "caption_column": self.caption_column,
+                }
+            ),
         }
 
 

@@ -19,7 +19,7 @@ from pipeline.catalog import ITEM_COLUMNS, Catalog, locate
 from pipeline.config import size_order
 from pipeline.errors import UsageError
 
-FORMATS = ("csv", "jsonl", "parquet")
+FORMATS = ("csv", "jsonl", "parquet", "webdataset")
 _INTERNAL = ("shard_id", "thumbnails", "extra", "updated_at")
 _BATCH = 10_000
 
@@ -29,18 +29,26 @@ _UNIQUE = "status = 'ok' AND row NOT IN (SELECT row FROM dedup_members WHERE row
 
 
 def export(
-    out: str | Path, dest: str | Path | None = None, *, format: str = "csv", unique: bool = False
+    out: str | Path,
+    dest: str | Path | None = None,
+    *,
+    format: str = "csv",
+    unique: bool = False,
+    samples_per_shard: int = 10_000,
 ) -> int:
     """Write the catalog of ``out`` to ``dest`` (``None`` or ``-``: standard output).
 
     ``unique``: only one row per distinct image (needs ``pipeline dedup`` first).
-    Returns the number of rows written.
+    ``webdataset``: the ok rows as tar shards in the folder (or fsspec URL) ``dest``.
+    Returns the number of rows (samples) written.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
     with Catalog(locate(out), readonly=True) as catalog:
         if unique and catalog.get_meta("dedup") is None:
             raise UsageError(f"--unique needs duplicate groups: run `pipeline dedup {out}` first")
+        if format == "webdataset":
+            return _export_dataset(catalog, out, dest, unique=unique, per_shard=samples_per_shard)
         columns = export_columns(catalog)
         records = (flatten(row, columns) for row in catalog.iter_items(_UNIQUE if unique else ""))
         if format == "parquet":
@@ -51,6 +59,25 @@ def export(
             return _write_text(records, columns, sys.stdout, format)
         with open(dest, "w", encoding="utf-8", newline="") as f:
             return _write_text(records, columns, f, format)
+
+
+def _export_dataset(catalog: Catalog, out: str | Path, dest: str | Path | None, *, unique: bool, per_shard: int) -> int:
+    from pipeline.dataset import export_dataset  # it builds on this module
+
+    if dest is None or str(dest) == "-":
+        raise UsageError("a WebDataset goes to a folder: give --output DIR")
+    if per_shard < 1:
+        raise UsageError("--samples-per-shard must be at least 1")
+    # The images: the run's files (OUT), or for an object-store run the local folder its
+    # workers wrote (recorded in the catalog by the run).
+    root = Path(catalog.get_meta("files_root") or (Path(out).parent if Path(out).is_file() else out))
+    if not root.is_dir():
+        raise UsageError(f"no image files at {root}: give the run's OUT folder")
+    options = (catalog.get_meta("fingerprint") or {}).get("options", {})
+    return export_dataset(
+        catalog, root, dest, where=_UNIQUE if unique else "", per_shard=per_shard,
+        caption_column=options.get("caption_column"),
+    )  # fmt: skip
 
 
 def export_columns(catalog: Catalog) -> list[str]:
@@ -89,16 +116,25 @@ def _write_text(records: Iterator[dict[str, Any]], columns: list[str], f: IO[str
     return count
 
 
+_NUMERIC = {"row": "int64", "http_status": "int32", "attempts": "int32", "redirects": "int32", "bytes": "int64",
+            "width": "int32", "height": "int32", "n_frames": "int32", "fetch_ms": "float64",
+            "process_ms": "float64"}  # fmt: skip
+
+
+def parquet_type(column: str) -> Any:
+    """The Arrow type of an export column (text unless numeric); also dataset.py's Parquet."""
+    import pyarrow as pa
+
+    return pa.type_for_alias(_NUMERIC.get(column, "string"))
+
+
 def _write_parquet(records: Iterator[dict[str, Any]], columns: list[str], dest: Path) -> int:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise UsageError("Parquet export needs pyarrow: pip install 'pipeline[parquet]'") from None
-    numeric = {"row": pa.int64(), "http_status": pa.int32(), "attempts": pa.int32(), "redirects": pa.int32(),
-               "bytes": pa.int64(), "width": pa.int32(), "height": pa.int32(), "n_frames": pa.int32(),
-               "fetch_ms": pa.float64(), "process_ms": pa.float64()}  # fmt: skip
-    schema = pa.schema([(c, numeric.get(c, pa.string())) for c in columns])
+    schema = pa.schema([(c, parquet_type(c)) for c in columns])
     count = 0
     tmp = dest.with_name(dest.name + ".tmp")
     with pq.ParquetWriter(tmp, schema) as writer:

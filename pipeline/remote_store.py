@@ -398,3 +398,49 @@ def _cat_or_error(fs, key: str) -> bytes | BaseException:  # type: ignore[no-unt
 def _is_relative(rel: str) -> bool:
     pure = PurePosixPath(rel)
     return bool(pure.parts) and not pure.is_absolute() and ".." not in pure.parts
+
+
+# -- whole objects (dataset shards, pipeline/dataset.py) ----------------------------------------
+
+
+class ObjectFolder:
+    """A folder of whole objects under ``url``, written by the parent: dataset shards and their
+    ``_stats.json``. ``put`` uploads a finished local file as one object (one PUT; above s3fs's
+    part size a multipart upload, which appears only at its completion), so a reader never
+    sees part of a shard."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self._fs, base = _filesystem(self.url)
+        self._base = base.rstrip("/")
+
+    def put(self, local: Path, name: str) -> None:
+        self._call("write", self._fs.put_file, str(local), f"{self._base}/{name}")
+
+    def put_bytes(self, data: bytes, name: str) -> None:
+        self._call("write", self._fs.pipe_file, f"{self._base}/{name}", data)
+
+    def names(self) -> list[str]:
+        """Names directly under the folder (none if it does not exist yet)."""
+        try:
+            self._fs.invalidate_cache(self._base)
+            listed = self._fs.ls(self._base, detail=False)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:  # botocore's errors are not all OSError
+            raise StorageError(f"cannot list {self.url}: {type(exc).__name__}: {exc}") from exc
+        return [PurePosixPath(p).name for p in listed]
+
+    def remove(self, name: str) -> None:
+        try:
+            self._fs.rm_file(f"{self._base}/{name}")
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StorageError(f"cannot remove {self.url}/{name}: {type(exc).__name__}: {exc}") from exc
+
+    def _call(self, what: str, fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            raise StorageError(f"cannot {what} to {self.url}: {type(exc).__name__}: {exc}") from exc

@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
+from pipeline.dataset import DatasetWriter, check_caption, files_root
 from pipeline.errors import ManifestTruncated, PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.layout import default_layout, name_rows
 from pipeline.limits import fit_open_files
@@ -189,11 +190,14 @@ def _run_locked(
     on_progress: ProgressCallback | None,
     executor: RowExecutor | None,
 ) -> RunSummary:
-    store = open_store(config.out, partition=config.partition)
+    # A dataset on an object store: workers write files locally, the parent packs them.
+    files = files_root(config, catalog_file)
+    store = open_store(files, partition=config.partition)
     store.clear_temp()  # leftovers of a killed run: never visible as finished files
     progress = Progress()
     with Catalog(catalog_file) as catalog:
         config = _settle_layout(config, spec, catalog)
+        check_caption(config, extra_columns(spec))  # before the fingerprint records it
         _check_fingerprint(catalog, spec, config)
         whole = _WholeManifest(spec, config.out, catalog)
         if config.force and whole.differs(catalog):  # same head and tail, other middle
@@ -206,24 +210,35 @@ def _run_locked(
         else:  # a partition runs ~1/N of the rows: no exact total to show
             catalog.set_meta("partition", {"num_workers": config.num_workers, "worker_index": config.worker_index})
         extras = extra_columns(spec)
+        dataset = None
+        if config.output_format != "files":
+            if extras and catalog.get_meta("extra_columns") is None:
+                catalog.set_meta("extra_columns", list(extras))  # the dataset's columns, before any row
+            dataset = DatasetWriter(catalog, config, Path(files))
         tracker = ShardTracker(config.shard_size)
-        commits = _Commits(catalog, tracker, extras, progress, on_progress)
+        commits = _Commits(catalog, tracker, extras, progress, on_progress, dataset)
         cut = _Cut()
         work = _batches(_todo(catalog, spec, config, progress, whole, cut), tracker, commits, config.procs, cut)
         executor = executor or LocalExecutor(config.procs)
-        finished = executor.run(work, config)
+        finished = executor.run(work, config if files == config.out else replace(config, out=files))
         try:
             for batch in finished:
                 whole.check(catalog)  # before the rows: a changed manifest's rows stay out
                 commits.add(batch.items, batch.worker_pid)
                 commits.flush(due_only=True)
             commits.flush()
+            if dataset is not None:
+                dataset.finish()
         except ResumeRefused:
+            if dataset is not None:
+                dataset.abandon()
             raise  # the manifest changed under the run: its rows are not this run's
         except BaseException:
             # Rows that finished are worth keeping whatever stops the run (Ctrl-C, a full
             # disk for the files): the rerun will not fetch them again.
             commits.flush_quietly()
+            if dataset is not None:
+                dataset.abandon()  # the open shard's rows are packed again at the next start
             raise
         finally:
             # Stop the workers *before* clearing their temp files: a Ctrl-C that lands here
@@ -469,9 +484,10 @@ class _Commits:
         extras: tuple[str, ...],
         progress: Progress,
         on_progress: ProgressCallback | None,
+        dataset: DatasetWriter | None = None,
     ) -> None:
         self.catalog, self.tracker, self.extras = catalog, tracker, extras
-        self.progress, self.on_progress = progress, on_progress
+        self.progress, self.on_progress, self.dataset = progress, on_progress, dataset
         self._rows: list[tuple[int, ItemResult]] = []
         self._done: list[ShardDone] = []
         self._last = time.monotonic()
@@ -494,6 +510,8 @@ class _Commits:
         items = [item for _, item in rows]
         self.catalog.write_rows(rows, done, extra_columns=self.extras + _jsonl_extras(items, self.extras))
         self._rows, self._done = [], []
+        if self.dataset is not None:  # after the commit: a sample is always a catalog row
+            self.dataset.add(item.row for item in items if item.status is Status.OK)
         _count(self.progress, items, len(done))
         if self.on_progress is not None:
             self.on_progress(self.progress)
