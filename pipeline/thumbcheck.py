@@ -262,6 +262,8 @@ def _cropped_tint(tint: np.ndarray, view: int) -> np.ndarray:
 def _hue_agrees(a: _Signature, b: _Signature, view: int) -> bool:
     if a.tint is None or b.tint is None or colour_agreement(a.tint, b.tint) >= MIN_HUE:
         return True
+    if view >= len(BOXES) + len(TURNS):  # an overlay left out: its colours too
+        return _hue_without(a.tint, b.tint, view - len(BOXES) - len(TURNS))
     # A cropped copy's grid covers part of its original's: compare it with that part.
     return (
         max(
@@ -286,6 +288,12 @@ def hue_agrees(ca: np.ndarray, cb: np.ndarray) -> bool:
         if (num / np.maximum(den, 1e-12)).max() >= MIN_HUE:
             return True
     return False
+
+
+def _hue_without(ca: np.ndarray, cb: np.ndarray, mask: int) -> bool:
+    """Whether two 8x8 RGB grids agree on the cells MASKS[mask] keeps whole."""
+    keep = _MASK_CELLS[mask]
+    return colour_agreement(ca[keep], cb[keep]) >= MIN_HUE
 
 
 def _combine(a: _Signature, b: _Signature, structure: float, view: int = 0) -> float:
@@ -359,6 +367,7 @@ def _edges(img: np.ndarray) -> np.ndarray:
     return np.sqrt(gx * gx + gy * gy)
 
 
+_MASK_CELLS = tuple(np.flatnonzero(m.reshape(8, SIDE // 8, 8, SIDE // 8).all(axis=(1, 3))) for _, m in MASKS)
 _MASK_ROWS = np.stack([m.ravel() for _, m in MASKS]).astype(np.float32)
 _MASK_EDGES = np.stack([(m[:-1, :-1] & m[1:, :-1] & m[:-1, 1:]).ravel() for _, m in MASKS]).astype(np.float32)
 
@@ -374,14 +383,18 @@ def _masked_correlations(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> np.
     return np.where(ok, cov / np.sqrt(np.maximum(va * vb, 1e-12)), 0.0)
 
 
-def masked_score(raw_a: np.ndarray, raw_b: np.ndarray) -> tuple[float, int]:
+def masked_score(raw_a: np.ndarray, raw_b: np.ndarray, allowed: list[int] | None = None) -> tuple[float, int]:
     """(best score, index in MASKS) of two aligned whole views with one overlay region
-    left out of both, ``MASK_PENALTY`` taken off."""
+    left out of both (one of ``allowed``, default any), ``MASK_PENALTY`` taken off."""
     img_a, img_b = raw_a.reshape(SIDE, SIDE), raw_b.reshape(SIDE, SIDE)
     both = (
         _masked_correlations(img_a.ravel(), img_b.ravel(), _MASK_ROWS)
         + _masked_correlations(_edges(img_a).ravel(), _edges(img_b).ravel(), _MASK_EDGES)
     ) / 2
+    if allowed is not None:
+        if not allowed:
+            return 0.0, 0
+        both = np.where(np.isin(np.arange(len(MASKS)), allowed), both, -1.0)
     at = int(both.argmax())
     return float(both[at]) - MASK_PENALTY, at
 
@@ -444,8 +457,20 @@ class ThumbnailCheck:
         for k in todo:
             a, b = self.signatures[rows_a[k]], self.signatures[rows_b[k]]
             key = _key(shas_a[k], shas_b[k])
-            self.new[key] = _combine(a, b, best[k], view[k])
+            value = _combine(a, b, best[k], view[k])
+            if not value and best[k] > 0 and a.tint is not None and b.tint is not None:
+                # The colours disagree: a coloured overlay (a logo) may be all that differs.
+                value, view[k] = self._colour_overlay(a, b, value, view[k])
+            self.new[key] = value
             self.views[key] = view[k]
+
+    @staticmethod
+    def _colour_overlay(a: _Signature, b: _Signature, value: float, view: int) -> tuple[float, int]:
+        """The best masked view whose region, left out, leaves the colours agreeing."""
+        assert a.tint is not None and b.tint is not None
+        allowed = [m for m in range(len(MASKS)) if _hue_without(a.tint, b.tint, m)]
+        score, at = masked_score(a.raw, b.raw, allowed)
+        return (score, len(BOXES) + len(TURNS) + at) if score > value else (value, view)
 
     def _whole(self, row_a: int, row_b: int) -> float:
         return float(self.signature(row_a).whole @ self.signature(row_b).whole)
