@@ -413,6 +413,8 @@ class ThumbnailCheck:
         self.views: dict[tuple[str, str], int] = {}
         self.reused = 0
         self.signatures: dict[int, _Signature] = {}
+        # Pixels read for signatures during one score_batch, for its searches (not decoded twice).
+        self._held: dict[int, tuple[np.ndarray, np.ndarray, float]] | None = None
 
     def score(self, row_a: int, sha_a: str, row_b: int, sha_b: str) -> float:
         key = _key(sha_a, sha_b)
@@ -426,14 +428,24 @@ class ThumbnailCheck:
     def score_batch(self, rows_a: list[int], shas_a: list[str], rows_b: list[int], shas_b: list[str]) -> None:
         """Score every pair not known yet: whole views first, the rest only where needed.
 
-        Each thumbnail is decoded once for its signature and at most once more for its
-        views, only if one of its pairs is not settled by the whole picture (``STOP``).
+        Each thumbnail is decoded once: its signature's pixels are held for the batch, and
+        its views are made only if one of its pairs is not settled by the whole picture
+        (``STOP``).
         """
         todo = [
             k
             for k in range(len(rows_a))
             if (key := _key(shas_a[k], shas_b[k])) not in self.known and key not in self.new
         ]
+        self._held = {}
+        try:
+            self._score_todo(rows_a, shas_a, rows_b, shas_b, todo)
+        finally:
+            self._held = None
+
+    def _score_todo(
+        self, rows_a: list[int], shas_a: list[str], rows_b: list[int], shas_b: list[str], todo: list[int]
+    ) -> None:
         best = {k: self._whole(rows_a[k], rows_b[k]) for k in todo}
         view = dict.fromkeys(todo, 0)
         # The two views the best score compared: (pixels of one side's view, the other's whole).
@@ -478,7 +490,7 @@ class ThumbnailCheck:
     def _search(self, row: int, others: list[int]) -> tuple[list[float], list[int], list[np.ndarray]]:
         """Best score, view and its pixels of ``row``'s crops and turns against each of
         ``others``' whole view: all at _COARSE, the _REFINE best for each at SIDE."""
-        gray, _, aspect = self._pixels(row)
+        gray, _, aspect = self._held[row] if self._held and row in self._held else self._pixels(row)
         coarse = normalize(
             np.vstack([box_views(gray, BOXES, _COARSE), turned_views(gray, aspect, TURNS, _COARSE)]), _COARSE
         )
@@ -517,7 +529,10 @@ class ThumbnailCheck:
 
     def signature(self, row: int) -> _Signature:
         if row not in self.signatures:
-            gray, rgb, _ = self._pixels(row)
+            pixels = self._pixels(row)
+            if self._held is not None:
+                self._held[row] = pixels
+            gray, rgb, _ = pixels
             whole = box_views(gray, BOXES[:1])
             self.signatures[row] = _Signature(
                 whole=normalize(whole)[0],
