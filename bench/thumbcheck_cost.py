@@ -83,14 +83,19 @@ def main() -> None:
         )
     parts["variant hashes"] = _cpu_ms(lambda: [check.variant_hashes(r) for r in sample], n, args.reps)
 
+    settled: list[int] = []  # pairs the whole view settled (version 6's lazy search), last repetition
+
     def batches() -> int:
         read = 0
+        settled.clear()
         ordered = sorted((contents[a][0], a, contents[b][0], b) for a, b in pairs)[: args.pairs]
         for k in range(0, len(ordered), BATCH):
             batch = ordered[k : k + BATCH]
             one = fresh()
             one.score_batch(*(list(c) for c in zip(*batch)))
             read += len(one.signatures)
+            stop = getattr(thumbcheck, "STOP", 2.0)
+            settled.extend(1 for k, v in one.views.items() if v == 0 and one.new[k] >= stop)
         return read
 
     read = batches()
@@ -102,7 +107,8 @@ def main() -> None:
     for name, ms in parts.items():
         print(f"  {name:<40}{ms:>8.2f} ms a thumbnail")
     print(f"  score_batch over {scored:,} of the run's {len(pairs):,} checked pairs ({read:,} thumbnail reads in "
-          f"batches of {BATCH}):{per_thumb:>7.2f} ms a read, {per_thumb * read / max(1, scored):.2f} ms a pair")  # fmt: skip
+          f"batches of {BATCH}):{per_thumb:>7.2f} ms a read, {per_thumb * read / max(1, scored):.2f} ms a pair; "
+          f"{len(settled):,} pairs settled by the whole view")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -154,7 +154,9 @@ def phashes(views: np.ndarray) -> np.ndarray:
     """pHash (as ``process.phash``: 8x8 low DCT coefficients above their median) of each
     32x32 view, as uint64."""
     img = views.reshape(-1, SIDE, SIDE)
-    low = np.round(np.einsum("ij,kjl,ml->kim", _DCT, img, _DCT, optimize=False), 6).reshape(len(views), 64)
+    # Rows then columns: one 4-index einsum (no BLAS, see _products) cost 4x as much.
+    rows = np.einsum("ij,kjl->kil", _DCT, img, optimize=False)
+    low = np.round(np.einsum("kil,ml->kim", rows, _DCT, optimize=False), 6).reshape(len(views), 64)
     ranked = np.sort(low, axis=1)
     bits = low > ((ranked[:, 31] + ranked[:, 32]) / 2)[:, None]
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
