@@ -12,7 +12,10 @@ out makes any two pictures agree more). The view that matched is kept (``describ
 Intensity alone scores an ellipse and a box of the same size alike; their edges do not.
 When both are in colour their 8x8 chroma grids must also agree (the grid of a cropped copy
 against the same crop of the other's), since grayscale structure confuses objects of
-another colour on the same plain background; a grayscale copy matches any.
+another colour on the same plain background; a grayscale copy matches any. Two
+penalties keep look-alikes out: a match whose disagreement sits in a few blocks (an
+object moved: ``concentrated``) and a crop of a mostly flat picture (a look-alike zoomed:
+``FLAT_CROP_PENALTY``) count less.
 
 The search is lazy (version 6; bench/thumbcheck_cost.py): the whole view first, final when
 it scores ``STOP`` (resizes, recompressions, colour changes: most true pairs); else every
