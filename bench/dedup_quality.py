@@ -77,13 +77,59 @@ print(json.dumps({"max_distance": o.max_distance, "max_sum": o.max_sum, "min_sim
 """
 
 
-def run_ours(folder: Path, work: Path, tree: Path) -> dict:
-    """``pipeline run`` + ``pipeline dedup`` from ``tree``; what the catalog says about each pair."""
+# The candidate pairs of the tree's dedup (pHash radius and, if it has them, the variant
+# hashes), from its own code: dedup writes no candidate list, and "reached" must say what
+# the search found, not what pHash alone would. Private names: if the tree has other ones,
+# "reached" falls back to the pHash radius (and says so).
+_CANDIDATES = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from pipeline import dedup as d
+from pipeline.catalog import Catalog
+from pipeline.config import DedupOptions
+from pipeline.thumbcheck import ThumbnailCheck
+out = Path(sys.argv[1])
+with Catalog(out / "catalog.sqlite") as cat:
+    items, hashed = d._load(cat)
+    first = {}
+    for i, s in enumerate(items.sha):
+        first.setdefault(s, i)
+    contents = np.fromiter(first.values(), np.int64, len(first))
+    contents = contents[hashed[contents]]
+    check = ThumbnailCheck(out, d._thumb_paths(cat, items.rows[contents]), {})
+    a, b, _ = d._candidates(items, contents, DedupOptions(), check)
+print(json.dumps([[items.sha[x], items.sha[y]] for x, y in zip(a.tolist(), b.tolist())]))
+"""
+
+
+def candidate_pairs(out: Path, env: dict[str, str]) -> set[tuple[str, str]] | None:
+    """The SHA-256 pairs the tree's candidate search finds (None: its names differ)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CANDIDATES, str(out)], env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode:
+        print(
+            f"candidate search not reproduced ({proc.stderr.strip().splitlines()[-1]}): reached = pHash radius"
+        )
+        return None
+    return {(min(a, b), max(a, b)) for a, b in json.loads(proc.stdout)}
+
+
+def run_ours(folder: Path, work: Path, tree: Path, *, reuse: bool = False) -> dict:
+    """``pipeline run`` + ``pipeline dedup`` from ``tree``; what the catalog says about each pair.
+
+    ``reuse``: a kept run's catalog is deduplicated again (its cached verdicts dropped, so
+    every check is made by ``tree``'s verifier) without running ``pipeline run``."""
     out = work / "out"
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cli = str(tree / "cli.py")
     started = time.perf_counter()
-    subprocess.run([sys.executable, cli, "run", str(folder), "-o", str(out), "-q"], check=True, env=env)
+    if reuse and (out / "catalog.sqlite").exists():
+        with sqlite3.connect(out / "catalog.sqlite") as db:
+            db.execute("DELETE FROM dedup_pairs")
+    else:
+        subprocess.run([sys.executable, cli, "run", str(folder), "-o", str(out), "-q"], check=True, env=env)
     run_s = time.perf_counter() - started
     started = time.perf_counter()
     subprocess.run([sys.executable, cli, "dedup", str(out)], check=True, env=env)
@@ -98,6 +144,7 @@ def run_ours(folder: Path, work: Path, tree: Path) -> dict:
         rows = db.execute("SELECT key, sha256, phash, dhash FROM items WHERE status = 'ok'").fetchall()
         verdicts = {(a, b): s for a, b, s in db.execute("SELECT a, b, similarity FROM dedup_pairs")}
     return {
+        "candidates": candidate_pairs(out, env),
         "grouped": {_pair(k, d) for k, dups in found.items() for d in dups},
         "hashes": {k: (sha, int(p, 16), int(d, 16)) for k, sha, p, d in rows},
         "verdicts": verdicts,
@@ -119,7 +166,10 @@ def stages(ours: dict, a: str, b: str) -> dict[str, bool]:
     dp, dd = (pa ^ pb).bit_count(), (da ^ db).bit_count()
     same = sha_a == sha_b
     verdict = ours["verdicts"].get((min(sha_a, sha_b), max(sha_a, sha_b)))
-    reached = same or dp <= opts["max_distance"]
+    cands = ours["candidates"]
+    reached = same or (
+        dp <= opts["max_distance"] if cands is None else (min(sha_a, sha_b), max(sha_a, sha_b)) in cands
+    )
     hash_ok = same or (reached and dp + dd <= opts["max_sum"])
     return {
         "reached": reached,
@@ -297,13 +347,25 @@ def main() -> None:
     )
     ap.add_argument("--keep", type=Path, help="keep the generated set and run here")
     ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: reuse its images and its run, redo only `pipeline dedup` (verifier iterations)",
+    )
+    ap.add_argument("--ours-only", action="store_true", help="skip the anchors (iterations on ours)")
+    ap.add_argument(
         "--out", type=Path, help="JSON to write (default bench/results/dedup_quality-seed<N>.json)"
     )
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="dedup-quality-"))
     folder = work / "images"
     started = time.perf_counter()
-    labels = generate(folder, args.bases, args.seed, args.copies)
+    saved = work / "labels.json"
+    if args.reuse and args.keep and saved.exists():
+        labels = json.loads(saved.read_text())
+    else:
+        labels = generate(folder, args.bases, args.seed, args.copies)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(labels))
     names = sorted(labels)
     gen_s = time.perf_counter() - started
     print(
@@ -317,7 +379,7 @@ def main() -> None:
     )
     fixed = json.loads(args.thresholds.read_text())["thresholds"] if args.thresholds else {}
 
-    ours = run_ours(folder, work, tree)
+    ours = run_ours(folder, work, tree, reuse=args.reuse and args.keep is not None)
     per_stage: dict[str, dict[str, float]] = {}
     for t, ps in sorted(truth.copies.items()):
         got = [stages(ours, a, b) for a, b in ps]
@@ -338,9 +400,11 @@ def main() -> None:
     }
     print(f"pipeline run {ours['run_s']:.0f} s, dedup {ours['dedup_s']:.0f} s", flush=True)
 
-    hashes, hash_s = anchor_hashes(folder, names)
-    candidates = anchor_pairs(names, hashes)
-    imagededup, dedup_s, why = run_imagededup(folder, args.baseline_python)
+    hashes, hash_s = anchor_hashes(folder, names) if not args.ours_only else ({}, 0.0)
+    candidates = anchor_pairs(names, hashes) if not args.ours_only else {}
+    imagededup, dedup_s, why = (
+        run_imagededup(folder, args.baseline_python) if not args.ours_only else (None, 0.0, "--ours-only")
+    )
     if imagededup is not None:
         candidates["imagededup PHash"] = (imagededup, range(25))
     thresholds: dict[str, int] = {}
