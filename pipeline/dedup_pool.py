@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 
@@ -26,7 +26,10 @@ from pipeline.thumbcheck import ThumbnailCheck
 BATCH = 64  # pairs per batch: ~0.5 s of work (~8 ms a thumbnail), enough batches to share a window
 _POOL_FROM = 512  # the pool starts for a window of this many pairs; once up, it takes every window
 
+VARIANT_BATCH = 128  # contents per batch of variant hashes: ~0.3 s of work
+
 Pair = tuple[int, str, int, str]  # row_a, sha_a, row_b, sha_b
+_T = TypeVar("_T")
 
 
 def default_workers() -> int:
@@ -58,22 +61,31 @@ class CheckPool:
             rows = list(tints[k : k + 4 * BATCH])
             jobs.append((self.out, {r: self.thumbs.get(r) for r in rows}, [], rows))
         found: dict[tuple[str, str], float] = {}
-        if (
-            self.workers == 1
-            or len(jobs) < 2
-            or (self._pool is None and len(pairs) + len(tints) // 4 < _POOL_FROM)
-        ):
-            results = [score_batch(*job) for job in jobs]
-        else:
-            if self._pool is None:
-                ctx = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-            results = list(self._pool.map(score_batch, *zip(*jobs)))
-        for verdicts, views, grids in results:
+        for verdicts, views, grids in self._map(score_batch, jobs, len(pairs) + len(tints) // 4):
             found.update(verdicts)
             self.views.update(views)
             self.tints.update(grids)
         return found
+
+    def variant_hashes(self, rows: list[int]) -> np.ndarray:
+        """``ThumbnailCheck.variant_hashes`` of each of ``rows`` (one row each), on the pool:
+        every content's thumbnail is read for them, the bulk of a catalog's reads."""
+        jobs = [
+            (self.out, {r: self.thumbs.get(r) for r in rows[k : k + VARIANT_BATCH]}, rows[k : k + VARIANT_BATCH])
+            for k in range(0, len(rows), VARIANT_BATCH)
+        ]
+        found = self._map(variant_batch, jobs, len(rows) // 4)
+        return np.vstack(found) if found else np.empty((0, 0), np.uint64)
+
+    def _map(self, fn: Callable[..., _T], jobs: list[tuple[Any, ...]], weight: int) -> list[_T]:
+        """``fn`` over ``jobs``, in order: in the parent for one process, a single job or too
+        little work (``weight``, in pair checks) to start the pool for; else on the pool."""
+        if self.workers == 1 or len(jobs) < 2 or (self._pool is None and weight < _POOL_FROM):
+            return [fn(*job) for job in jobs]
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return list(self._pool.map(fn, *zip(*jobs)))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -85,6 +97,12 @@ class CheckPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def variant_batch(out: Path, thumbs: dict[int, str | None], rows: list[int]) -> np.ndarray:
+    """The variant pHashes of ``rows`` (in a worker or the parent), one row each."""
+    check = ThumbnailCheck(out, thumbs, {})
+    return np.stack([check.variant_hashes(r) for r in rows])
 
 
 def score_batch(

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli import main
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.dedup import DedupOptions, _Items, _near_groups, pairs_within, popcount
+from pipeline.dedup import DedupOptions, _Grouper, _Items, _search, pairs_within, popcount
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -64,8 +64,9 @@ def test_groups_do_not_chain_through_a_middle_picture() -> None:
         dhash=np.array([a, b, c], np.uint64), pixels=np.ones(3, np.int64), size=np.ones(3, np.int64),
     )  # fmt: skip
     options = DedupOptions(max_distance=8, max_sum=16, verify=False)
-    pairs = pairs_within(items.phash, 8)
-    roots, _ = _near_groups(items, (pairs[0], pairs[1], pairs[2]), None, options)
+    groups = _Grouper(items, None, options, None)
+    _search(items, np.arange(3), options, groups, None)
+    roots = groups.root
     assert roots[0] != roots[2]
     assert roots[1] in (roots[0], roots[2])
 
