@@ -64,6 +64,7 @@ class DedupResult:
     elapsed_s: float
     written: tuple[Path, Path] = (Path(CSV_NAME), Path(JSON_NAME))  # duplicates.csv, .json
     notice: str | None = None  # why some images were left out of the near search
+    held: int = 0  # most candidate pairs held at once: bounded, never all pairs of a cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +410,7 @@ def _search(
     variant first, after every pair the stored hashes found). No list of all pairs is
     made: a chunk's pairs whose ends are already one group are dropped as they come."""
     ph = items.phash[contents]
-    for i, j in iter_pairs_within(ph, options.max_distance):
+    for i, j in iter_pairs_within(ph, options.max_distance, chunk=_CHUNK):
         a, b = contents[i], contents[j]
         groups.found += len(a)
         groups.feed(a, b, popcount(items.phash[a] ^ items.phash[b]).astype(np.int64)
@@ -419,7 +420,7 @@ def _search(
         return
     groups.count_new = True  # a pair the stored hashes found is not counted twice
     flat = variants.ravel()
-    for qi, hj in iter_pairs_across(flat, ph, VARIANT_RADIUS):
+    for qi, hj in iter_pairs_across(flat, ph, VARIANT_RADIUS, chunk=_CHUNK):
         owner = qi // variants.shape[1]
         mine = owner != hj
         distance = popcount(flat[qi[mine]] ^ ph[hj[mine]]).astype(np.int64)
@@ -458,6 +459,7 @@ def _check_candidates(
 _ATTEMPTS = 4  # failed joins tried between two groups before they are given up on
 _WINDOW = 16384  # candidates looked at per round of checks
 _BUFFER = 1 << 22  # candidates held before they are decided (~100 MB with the sort)
+_CHUNK = 1 << 20  # candidates the search hands over at a time
 
 
 class _Grouper:
@@ -651,11 +653,14 @@ def dedup(
     ``out`` is the run's OUT, a local folder or an fsspec URL (its thumbnails are read from
     there); ``catalog`` its ``--catalog`` if not OUT/catalog.sqlite (required for a URL);
     ``output`` the folder for duplicates.csv/.json (see ``run_files``). Thumbnail checks run
-    on ``workers`` processes (default: every CPU this process may use); the groups are the
-    same for any number. Raises ``DedupError`` for a run without images or without the
-    thumbnails to check.
+    on ``workers`` processes (default: every CPU this process may use), and so do the
+    variant hashes of every thumbnail; the groups are the same for any number. Raises
+    ``DedupError`` for a run without images or without the thumbnails to check,
+    ``UsageError`` for ``workers`` < 1.
     """
     started = time.perf_counter()
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be at least 1, not {workers}")
     options = options or DedupOptions()
     files = run_files(out, catalog, output)  # the argument is used up: the name is the open catalog's
     with Catalog(files.catalog) as catalog, contextlib.ExitStack() as scratch:  # noqa: PLR1704
@@ -680,7 +685,7 @@ def dedup(
             variants = pool.variant_hashes(items.rows[contents].tolist()) if check is not None else None
             groups = _Grouper(items, check, options, pool)
             _search(items, contents, options, groups, variants)
-        roots, joined, candidates = groups.root, groups.joined, groups.found
+        roots, joined, candidates, held = groups.root, groups.joined, groups.found, groups.peak_held
         group_of = roots[content]
         members = _members(items, group_of, joined, content, options)
         _save(catalog, members, check, options)
@@ -698,6 +703,7 @@ def dedup(
         elapsed_s=time.perf_counter() - started,
         written=(files.csv, files.json),
         notice=_unhashed_notice(int((~hashed).sum()), n),
+        held=held,
     )
 
 
