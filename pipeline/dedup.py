@@ -47,6 +47,7 @@ from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions, is_url
 from pipeline.dedup_pool import CheckPool, default_workers
 from pipeline.errors import CatalogError, DedupError, StorageError, UsageError
+from pipeline.thumbcheck import _NO_THUMBS as NO_THUMBS
 from pipeline.thumbcheck import VERSION, ThumbnailCheck, describe, hue_agrees
 
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
@@ -711,7 +712,7 @@ def dedup(
 def _thumbnail_root(files: RunFiles, paths: dict[int, str | None]) -> Iterator[Path]:
     """A local folder under which the thumbnails ``paths`` are: OUT itself, or for an object
     store a temp folder beside the catalog into which each is downloaded once (concurrently),
-    removed afterwards."""
+    removed afterwards. ``DedupError`` naming the object if one is not in the store."""
     if not files.remote:
         yield Path(files.out)
         return
@@ -722,7 +723,13 @@ def _thumbnail_root(files: RunFiles, paths: dict[int, str | None]) -> Iterator[P
     except OSError as exc:
         raise StorageError(f"cannot make a folder for the thumbnails beside {files.catalog}: {exc}") from exc
     try:
-        copy_objects(str(files.out), [p for p in paths.values() if p], folder)
+        missing = copy_objects(str(files.out), [p for p in paths.values() if p], folder)
+        if missing:  # named here, as the object it is: the check would only see a local path
+            row = next(r for r, p in paths.items() if p == missing[0])
+            raise DedupError(
+                f"thumbnail {files.out}/{missing[0]} of row {row} is missing from the store "
+                f"({len(missing):,} missing); {NO_THUMBS}"
+            )
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
