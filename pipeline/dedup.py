@@ -36,7 +36,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ class DedupResult:
     groups: int
     duplicates: int  # members that are not their group's representative
     exact: int  # of those, byte-identical to their representative
-    candidates: int  # near candidate pairs from the index
+    candidates: int  # near candidate pairs from the index (not those found once their ends were one group)
     checked: int  # thumbnail checks run now
     cached: int  # thumbnail checks reused from an earlier dedup
     elapsed_s: float
@@ -135,6 +135,9 @@ def hex_to_u64(hexes: list[str]) -> np.ndarray:
     return np.frombuffer(bytes.fromhex("".join(hexes)), dtype=">u8").astype(np.uint64)
 
 
+Wanted = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (index, index) -> which pairs to keep
+
+
 def pairs_within(
     hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,7 +154,7 @@ def pairs_within(
 
 
 def iter_pairs_within(
-    hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21
+    hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21, wanted: Wanted | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every pair ``i < j`` with ``popcount(hashes[i] ^ hashes[j]) <= radius``, exactly once,
     as (i, j) arrays of at most ~``chunk`` pairs each, as they are found.
@@ -165,6 +168,8 @@ def iter_pairs_within(
     is 0, so each pair comes out once. ``m`` is chosen by a cost model (3 blocks of 21-22
     bits for 1M hashes at radius 8). Candidates are expanded ``chunk`` at a time, so memory
     stays bounded however many pairs there are (a cluster of N copies has N^2 / 2).
+    ``wanted(i, j)``, if given, drops pairs before they are measured (the caller's pairs
+    already settled: cheaper than the distance test).
     """
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
     if len(h) < 2:
@@ -178,6 +183,9 @@ def iter_pairs_within(
             for qi, qj in buckets.join(queries, own ^ pattern, chunk):
                 if not pattern:
                     keep = qj > qi
+                    qi, qj = qi[keep], qj[keep]
+                if wanted is not None:
+                    keep = wanted(qi, qj)
                     qi, qj = qi[keep], qj[keep]
                 ok = _new_within(h[qi] ^ h[qj], radius, blocks[:k])
                 qi, qj = qi[ok], qj[ok]
@@ -210,13 +218,13 @@ def pairs_across(
 
 
 def iter_pairs_across(
-    queries: np.ndarray, hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21
+    queries: np.ndarray, hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21, wanted: Wanted | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every (query ``q``, hash ``h``) with ``popcount(queries[q] ^ hashes[h]) <= radius``,
     once, as (q, h) arrays of at most ~``chunk`` pairs each, as they are found.
 
     The same multi-index search as ``iter_pairs_within``, with the buckets over ``hashes``
-    and every flip pattern probed from the query side.
+    and every flip pattern probed from the query side; ``wanted(q, h)`` as there.
     """
     q = np.ascontiguousarray(queries, dtype=np.uint64)
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
@@ -230,6 +238,9 @@ def iter_pairs_across(
         own = ((q >> np.uint64(shift)) & mask).astype(np.int64)
         for pattern in _patterns(width, flips):
             for qi, hj in buckets.join(everyone, own ^ pattern, chunk):
+                if wanted is not None:
+                    keep = wanted(qi, hj)
+                    qi, hj = qi[keep], hj[keep]
                 ok = _new_within(q[qi] ^ h[hj], radius, blocks[:k])
                 if ok.any():
                     yield qi[ok], hj[ok]
@@ -411,7 +422,12 @@ def _search(
     variant first, after every pair the stored hashes found). No list of all pairs is
     made: a chunk's pairs whose ends are already one group are dropped as they come."""
     ph = items.phash[contents]
-    for i, j in iter_pairs_within(ph, options.max_distance, chunk=_CHUNK):
+    root = groups.root  # updated in place as groups join
+
+    def apart(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return root[contents[i]] != root[contents[j]]
+
+    for i, j in iter_pairs_within(ph, options.max_distance, chunk=_CHUNK, wanted=apart):
         a, b = contents[i], contents[j]
         groups.found += len(a)
         groups.feed(a, b, popcount(items.phash[a] ^ items.phash[b]).astype(np.int64)
@@ -421,8 +437,13 @@ def _search(
         return
     groups.count_new = True  # a pair the stored hashes found is not counted twice
     flat = variants.ravel()
-    for qi, hj in iter_pairs_across(flat, ph, VARIANT_RADIUS, chunk=_CHUNK):
-        owner = qi // variants.shape[1]
+    width = variants.shape[1]
+
+    def owners_apart(q: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return root[contents[q // width]] != root[contents[h]]
+
+    for qi, hj in iter_pairs_across(flat, ph, VARIANT_RADIUS, chunk=_CHUNK, wanted=owners_apart):
+        owner = qi // width
         mine = owner != hj
         distance = popcount(flat[qi[mine]] ^ ph[hj[mine]]).astype(np.int64)
         groups.feed(contents[owner[mine]], contents[hj[mine]], 1000 + distance)
