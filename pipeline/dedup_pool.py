@@ -12,6 +12,7 @@ The same batches give the same floats, so the groups do not depend on the proces
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -156,35 +157,54 @@ def _box_views(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.ndar
 def _turned_views(
     gray: np.ndarray, aspect: np.ndarray, turns: tuple[tuple[float, bool], ...], side: int = SIDE
 ) -> np.ndarray:
-    """(images, turns, side * side) views of each of ``gray`` turned (see ``turned_views``)."""
+    """(images, turns, side * side) views of each of ``gray`` turned (see ``turned_views``).
+
+    Where each sample falls depends only on the picture's aspect ratio, and thumbnails share
+    a few (their sides are whole pixels): the sample positions and weights of an aspect are
+    worked out once (``_turn_samples``), and each picture of it only gathers and weighs.
+    """
     count, h, w = gray.shape
-    n = side * 2
-    t = (np.arange(n) + 0.5) / n - 0.5
     views = np.empty((count, len(turns), side * side))
     flat = gray.reshape(count, -1)
-    a = aspect[:, None, None]
-    picture = np.arange(count)[:, None, None]
-    for k, (angle, inscribed) in enumerate(turns):
+    for value in np.unique(aspect):
+        these = np.flatnonzero(aspect == value)
+        pixels = flat[these]
+        for k, (at, weights, inside) in enumerate(_turn_samples(float(value), turns, h, w, side)):
+            g = pixels[:, at]
+            # The sum in the order of thumbcheck.turned_views, so the views are the same.
+            sampled = (
+                weights[0] * g[:, 0] + weights[1] * g[:, 1] + weights[2] * g[:, 2] + weights[3] * g[:, 3]
+            )
+            views[these, k] = (
+                np.where(inside, sampled, 0.0).reshape(len(these), side, 2, side, 2).mean(axis=(2, 4))
+            ).reshape(len(these), -1)
+    return views
+
+
+@functools.lru_cache(maxsize=16)  # ~1.5 MB each
+def _turn_samples(
+    aspect: float, turns: tuple[tuple[float, bool], ...], h: int, w: int, side: int
+) -> list[tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]]:
+    """Per turn: the 4 pixels each of the (2 side)^2 samples reads (4, n, n), their bilinear
+    weights, and which samples fall inside the picture (as ``thumbcheck.turned_views``)."""
+    n = side * 2
+    t = (np.arange(n) + 0.5) / n - 0.5
+    found = []
+    for angle, inscribed in turns:
         c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-        scale = np.minimum(a / (a * c + abs(s)), 1.0 / (a * abs(s) + c)) if inscribed else np.ones_like(a)
-        x, y = t[None, None, :] * a * scale, t[None, :, None] * scale
-        u = (c * x - s * y) / a * w + (w - 1) / 2
+        scale = min(aspect / (aspect * c + abs(s)), 1.0 / (aspect * abs(s) + c)) if inscribed else 1.0
+        x, y = t[None, :] * aspect * scale, t[:, None] * scale
+        u = (c * x - s * y) / aspect * w + (w - 1) / 2
         v = (s * x + c * y) * h + (h - 1) / 2
         inside = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
         u, v = np.clip(u, 0, w - 1.001), np.clip(v, 0, h - 1.001)
         ui, vi = u.astype(np.int64), v.astype(np.int64)
         fu, fv = u - ui, v - vi
         at = vi * w + ui
-        value = (
-            (1 - fv) * (1 - fu) * flat[picture, at]
-            + (1 - fv) * fu * flat[picture, at + 1]
-            + fv * (1 - fu) * flat[picture, at + w]
-            + fv * fu * flat[picture, at + w + 1]
-        )
-        views[:, k] = (
-            np.where(inside, value, 0.0).reshape(count, side, 2, side, 2).mean(axis=(2, 4)).reshape(count, -1)
-        )
-    return views
+        pixels = np.stack([at, at + 1, at + w, at + w + 1], axis=0)
+        weights = ((1 - fv) * (1 - fu), (1 - fv) * fu, fv * (1 - fu), fv * fu)
+        found.append((pixels, weights, inside))
+    return found
 
 
 def _phashes(views: np.ndarray) -> np.ndarray:
