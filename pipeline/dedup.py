@@ -892,10 +892,44 @@ def _write_outputs(catalog: Catalog, csv_path: Path, json_path: Path) -> None:
     ok = catalog.db.execute("SELECT row, key FROM items WHERE status = 'ok' ORDER BY row").fetchall()
     unique = len({key for _, key in ok}) == len(ok)
     name = {row: (key if unique else str(row)) for row, key in ok}
-    found: dict[str, list[str]] = {name[row]: [] for row, _ in ok}
-    for rows in groups.values():
-        for row in rows:
-            found[name[row]] = [name[o] for o in rows if o != row]
+    # Written as it goes, each name encoded once: a group of N lists N - 1 names N times, so
+    # the file is quadratic in a group's size (~400 MB for one of 5,000 copies); a dict of
+    # lists and one json.dumps of it held ~1 GB and took ~30 s for that group alone.
+    place = {row: (g, k) for g, rows in groups.items() for k, row in enumerate(rows)}  # group, index
+    listed: dict[int, tuple[str, list[int]]] = {}  # group -> its names joined, where each starts
     tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(found, ensure_ascii=False), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("{")
+        for k, (row, _) in enumerate(ok):
+            f.write(("" if k == 0 else ", ") + json.dumps(name[row], ensure_ascii=False) + ": [")
+            if row in place:
+                g, at = place[row]
+                if g not in listed:
+                    listed[g] = _joined([json.dumps(name[o], ensure_ascii=False) for o in groups[g]])
+                joined, starts = listed[g]
+                f.write(_without(joined, starts, at))
+            f.write("]")
+        f.write("}")
     tmp.replace(json_path)
+
+
+def _joined(encoded: list[str]) -> tuple[str, list[int]]:
+    """``", "``.join of ``encoded``, and where each item starts in it (one past the end last)."""
+    starts, at = [], 0
+    for e in encoded:
+        starts.append(at)
+        at += len(e) + 2
+    return ", ".join(encoded), [*starts, at]
+
+
+def _without(joined: str, starts: list[int], k: int) -> str:
+    """``joined`` (see ``_joined``) without its item ``k`` and that item's separator."""
+    count = len(starts) - 1
+    if count == 1:
+        return ""
+    if k == 0:
+        return joined[starts[1] :]
+    if k == count - 1:
+        return joined[: starts[k] - 2]
+    return joined[: starts[k]] + joined[starts[k + 1] :]
+

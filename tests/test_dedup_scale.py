@@ -4,6 +4,7 @@ and chains still do not join two pictures."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sqlite3
@@ -153,6 +154,11 @@ def test_a_cluster_is_grouped_as_its_pairs_stream_in(processed, tmp_path, monkey
     assert cluster == [{f"c_{k:03}.jpg" for k in range(N)}]
     assert streamed.checked <= 3 * N
     assert _groups(out) == _groups(tmp_path / "whole")
+    # duplicates.json (written as it goes): each copy lists the N - 1 others, in one valid file.
+    listed = json.loads((out / "duplicates.json").read_text(encoding="utf-8"))
+    copies = {f"c_{k:03}.jpg" for k in range(N)}
+    assert all(set(listed[c]) == copies - {c} and len(listed[c]) == N - 1 for c in copies)
+    assert all(listed[k] == [] for k in listed if k.startswith("single_"))
 
 
 def test_variant_hashes_of_a_batch_are_the_checks_own(processed) -> None:
