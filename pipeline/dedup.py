@@ -32,6 +32,7 @@ import contextlib
 import csv
 import json
 import math
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -702,8 +703,11 @@ def dedup(
             root = scratch.enter_context(_thumbnail_root(files, paths))
             check = ThumbnailCheck(root, paths, _load_verdicts(catalog))
         thumbs_root = check.out if check is not None else Path(".")
-        with CheckPool(thumbs_root, check.thumbs if check else {}, workers=workers or default_workers()) as pool:
-            # Variant hashes on every core: one thumbnail read per content (~2 ms each).
+        with (
+            _objects_named(files, thumbs_root),
+            CheckPool(thumbs_root, check.thumbs if check else {}, workers=workers or default_workers()) as pool,
+        ):
+            # Variant hashes on every core: one thumbnail read per content (~4 ms each).
             variants = pool.variant_hashes(items.rows[contents].tolist()) if check is not None else None
             groups = _Grouper(items, check, options, pool)
             _search(items, contents, options, groups, variants)
@@ -754,6 +758,19 @@ def _thumbnail_root(files: RunFiles, paths: dict[int, str | None]) -> Iterator[P
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _objects_named(files: RunFiles, local: Path) -> Iterator[None]:
+    """For an object-store OUT, a thumbnail's error names the object (``s3://…/thumbs/…``),
+    not the temp copy the check read, which is gone when the error is shown."""
+    try:
+        yield
+    except DedupError as exc:
+        if not files.remote:
+            raise
+        text = str(exc).replace(f"{local}/", f"{files.out}/")
+        raise DedupError(re.sub(r"^thumbnail (\S+) of row", rf"thumbnail {files.out}/\1 of row", text)) from exc
 
 
 def report_thumbnails(files: RunFiles, dest: Path) -> Path:
