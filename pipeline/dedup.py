@@ -143,14 +143,32 @@ def pairs_within(
     hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair ``i < j`` with ``popcount(hashes[i] ^ hashes[j]) <= radius``, exactly, and
-    its distance: ``iter_pairs_within`` gathered (it holds every pair: for a bounded
-    memory, consume the iterator)."""
+    its distance: what ``iter_pairs_within`` yields, gathered (it holds every pair: for a
+    bounded memory, consume the iterator)."""
+    # The loop of iter_pairs_within, not a call to it: with nothing kept between two chunks,
+    # glibc hands each chunk's freed temporaries back to the OS and the next chunk faults them
+    # in again, which made this 2x slower (250k hashes: 10.1 s against 5.5 s; the same with
+    # MALLOC_TRIM_THRESHOLD_ set). The pairs gathered here keep the heap's top in use.
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
-    found = list(iter_pairs_within(h, radius, chunk=chunk))
-    if not found:
-        empty = np.empty(0, np.int64)
+    empty = np.empty(0, np.int64)
+    if len(h) < 2:
         return empty, empty, np.empty(0, np.uint8)
-    i, j = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    blocks = _plan_blocks(len(h), radius)
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    for k, (shift, width, flips) in enumerate(blocks):
+        buckets = _Buckets(((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64), width)
+        for pattern in _patterns(width, flips):
+            queries, own = buckets.queries(pattern.bit_length() - 1 if pattern else None)
+            for qi, qj in buckets.join(queries, own ^ pattern, chunk):
+                if not pattern:
+                    keep = qj > qi
+                    qi, qj = qi[keep], qj[keep]
+                ok = _new_within(h[qi] ^ h[qj], radius, blocks[:k])
+                found_i.append(qi[ok])
+                found_j.append(qj[ok])
+    i, j = np.concatenate(found_i), np.concatenate(found_j)
+    i, j = np.minimum(i, j), np.maximum(i, j)
     return i, j, popcount(h[i] ^ h[j])
 
 

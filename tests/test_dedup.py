@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli import main
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.dedup import DedupOptions, _Grouper, _Items, _search, pairs_within, popcount
+from pipeline.dedup import DedupOptions, _Grouper, _Items, _search, iter_pairs_within, pairs_within, popcount
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,6 +48,9 @@ def test_index_finds_exactly_the_pairs_brute_force_finds(radius: int) -> None:
     assert set(found) == set(zip(bi.tolist(), bj.tolist()))
     assert (d == brute[i, j]).all()
     assert len(found) > 250  # the planted pairs are there to be found
+    # The streamed search (what dedup uses) yields the same pairs, each once, in small chunks.
+    streamed = [(int(x), int(y)) for a, b in iter_pairs_within(h, radius, chunk=64) for x, y in zip(a, b)]
+    assert len(streamed) == len(set(streamed)) and set(streamed) == set(found)
 
 
 def test_index_handles_tiny_inputs() -> None:
