@@ -341,9 +341,11 @@ _D = DedupOptions()
 @click.option("--keep", type=click.Choice(KEEP), default=_D.keep, show_default=True, help="Group representative: most pixels, smallest file, or first row (ties: first row).")
 @click.option("--verify/--no-verify", default=_D.verify, show_default=True, help="Check each near pair on the stored thumbnails; --no-verify trusts pHash + dHash alone.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static HTML page of the groups to FILE (for a URL OUT, with local copies of the thumbnails shown in FILE's folder, <name>_files/).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes for the thumbnail work (variant hashes, checks); the groups are the same for any number. [default: every CPU]")
 @_handle_errors
 def dedup_command(
-    out: str, catalog: Path | None, output: Path | None, max_distance: int, keep: str, verify: bool, report: Path | None
+    out: str, catalog: Path | None, output: Path | None, max_distance: int, keep: str, verify: bool, report: Path | None,
+    workers: int | None,
 ) -> None:
     """Group exact and near-duplicate images of the run in OUT.
 
@@ -361,7 +363,7 @@ def dedup_command(
     files = run_files(out, catalog, output)  # no run there: a usage error, no lock file left
     Catalog(files.catalog, readonly=True).close()
     with _dedup_locked(files.out, files.catalog):  # it rewrites the groups a run's --force would delete
-        r = dedup(files.out, options, catalog=files.catalog, output=output)
+        r = dedup(files.out, options, catalog=files.catalog, output=output, workers=workers)
     if r.notice:
         click.echo(f"Note: {r.notice}", err=True)
     click.echo(

@@ -17,6 +17,7 @@ peak RSS of its process tree) on the first 10k/30k/100k rows, and with ``--clust
 the 100k catalog where every 20th row is instead one of 5,000 near copies of one picture.
 
     python -m bench.dedup_scale --catalog 10000,30000,100000 --cluster 5000   # bench/results/dedup_e2e-*.json
+    python -m bench.dedup_scale --catalog 10000 --cluster 5000 --only-cluster   # the cluster in the 10k catalog
 """
 
 from __future__ import annotations
@@ -229,10 +230,12 @@ def run_dedup(out: Path, *, pythonpath: Path = ROOT, timeout: float = 3600) -> d
             "peak_rss_mb": round(m.peak_rss_mb)}  # fmt: skip
 
 
-def catalogs(sizes: list[int], cluster: int, work: Path, pythonpath: Path) -> list[dict]:
+def catalogs(
+    sizes: list[int], cluster: int, work: Path, pythonpath: Path, *, only_cluster: bool = False
+) -> list[dict]:
     print(f"{'images':>8} {'wall s':>7} {'CPU s':>7} {'peak MB':>8} {'ms/image':>9}  summary")
     rows = []
-    cases = [(n, 0) for n in sizes] + ([(max(sizes), cluster)] if cluster else [])
+    cases = ([] if only_cluster else [(n, 0) for n in sizes]) + ([(max(sizes), cluster)] if cluster else [])
     for n, c in cases:
         out = build(work, n, cluster=c)
         r = {"n": n, "cluster": c, **run_dedup(out, pythonpath=pythonpath)}
@@ -274,11 +277,15 @@ def main() -> None:
     ap.add_argument(
         "--code", type=Path, default=ROOT, help="the pipeline checkout to time (PYTHONPATH), for before/after"
     )
+    ap.add_argument(
+        "--only-cluster", action="store_true", help="only the cluster case (in the largest catalog)"
+    )
     ap.add_argument("--label", default="after")
     args = ap.parse_args()
     if args.catalog:
         args.work.mkdir(parents=True, exist_ok=True)
-        rows = catalogs([int(s) for s in args.catalog.split(",")], args.cluster, args.work, args.code)
+        sizes = [int(s) for s in args.catalog.split(",")]
+        rows = catalogs(sizes, args.cluster, args.work, args.code, only_cluster=args.only_cluster)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         dest = ROOT / "bench" / "results" / f"dedup_e2e-{args.label}-{stamp}.json"
         dest.write_text(json.dumps({"code": str(args.code), "rows": rows}, indent=2))

@@ -32,11 +32,12 @@ import contextlib
 import csv
 import json
 import math
+import re
 import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions, is_url
 from pipeline.dedup_pool import CheckPool, default_workers
 from pipeline.errors import CatalogError, DedupError, StorageError, UsageError
+from pipeline.thumbcheck import _NO_THUMBS as NO_THUMBS
 from pipeline.thumbcheck import VERSION, ThumbnailCheck, describe, hue_agrees
 
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
@@ -58,12 +60,13 @@ class DedupResult:
     groups: int
     duplicates: int  # members that are not their group's representative
     exact: int  # of those, byte-identical to their representative
-    candidates: int  # near candidate pairs from the index
+    candidates: int  # near candidate pairs from the index (not those found once their ends were one group)
     checked: int  # thumbnail checks run now
     cached: int  # thumbnail checks reused from an earlier dedup
     elapsed_s: float
     written: tuple[Path, Path] = (Path(CSV_NAME), Path(JSON_NAME))  # duplicates.csv, .json
     notice: str | None = None  # why some images were left out of the near search
+    held: int = 0  # most candidate pairs held at once: bounded, never all pairs of a cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,32 +136,28 @@ def hex_to_u64(hexes: list[str]) -> np.ndarray:
     return np.frombuffer(bytes.fromhex("".join(hexes)), dtype=">u8").astype(np.uint64)
 
 
+Wanted = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (index, index) -> which pairs to keep
+
+
 def pairs_within(
     hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair ``i < j`` with ``popcount(hashes[i] ^ hashes[j]) <= radius``, exactly.
-
-    Multi-index hashing (Norouzi et al., 2012): split the 64 bits into ``m`` blocks and give
-    block ``k`` a radius ``s_k`` with ``sum(s_k + 1) > radius``; by the pigeonhole principle a
-    pair within ``radius`` is within ``s_k`` bits in at least one block. For each block and
-    each flip pattern of at most ``s_k`` bits, a bucket table joins every hash with the
-    hashes whose block equals its block XOR the pattern. A pair is kept only in the first
-    block where it qualifies, and for a pattern only from the side whose highest flipped bit
-    is 0, so each pair comes out once. ``m`` is chosen by a cost model (3 blocks of 21-22
-    bits for 1M hashes at radius 8). Candidates are expanded ``chunk`` at a time, so memory
-    stays bounded.
-    """
+    """Every pair ``i < j`` with ``popcount(hashes[i] ^ hashes[j]) <= radius``, exactly, and
+    its distance: what ``iter_pairs_within`` yields, gathered (it holds every pair: for a
+    bounded memory, consume the iterator)."""
+    # The loop of iter_pairs_within, not a call to it: with nothing kept between two chunks,
+    # glibc hands each chunk's freed temporaries back to the OS and the next chunk faults them
+    # in again, which made this 2x slower (250k hashes: 10.1 s against 5.5 s; the same with
+    # MALLOC_TRIM_THRESHOLD_ set). The pairs gathered here keep the heap's top in use.
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
-    n = len(h)
     empty = np.empty(0, np.int64)
-    if n < 2:
+    if len(h) < 2:
         return empty, empty, np.empty(0, np.uint8)
-    blocks = _plan_blocks(n, radius)
+    blocks = _plan_blocks(len(h), radius)
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     for k, (shift, width, flips) in enumerate(blocks):
-        values = ((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
-        buckets = _Buckets(values, width)
+        buckets = _Buckets(((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64), width)
         for pattern in _patterns(width, flips):
             queries, own = buckets.queries(pattern.bit_length() - 1 if pattern else None)
             for qi, qj in buckets.join(queries, own ^ pattern, chunk):
@@ -168,11 +167,49 @@ def pairs_within(
                 ok = _new_within(h[qi] ^ h[qj], radius, blocks[:k])
                 found_i.append(qi[ok])
                 found_j.append(qj[ok])
-    if not found_i:
-        return empty, empty, np.empty(0, np.uint8)
     i, j = np.concatenate(found_i), np.concatenate(found_j)
     i, j = np.minimum(i, j), np.maximum(i, j)
     return i, j, popcount(h[i] ^ h[j])
+
+
+def iter_pairs_within(
+    hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21, wanted: Wanted | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every pair ``i < j`` with ``popcount(hashes[i] ^ hashes[j]) <= radius``, exactly once,
+    as (i, j) arrays of at most ~``chunk`` pairs each, as they are found.
+
+    Multi-index hashing (Norouzi et al., 2012): split the 64 bits into ``m`` blocks and give
+    block ``k`` a radius ``s_k`` with ``sum(s_k + 1) > radius``; by the pigeonhole principle a
+    pair within ``radius`` is within ``s_k`` bits in at least one block. For each block and
+    each flip pattern of at most ``s_k`` bits, a bucket table joins every hash with the
+    hashes whose block equals its block XOR the pattern. A pair is kept only in the first
+    block where it qualifies, and for a pattern only from the side whose highest flipped bit
+    is 0, so each pair comes out once. ``m`` is chosen by a cost model (3 blocks of 21-22
+    bits for 1M hashes at radius 8). Candidates are expanded ``chunk`` at a time, so memory
+    stays bounded however many pairs there are (a cluster of N copies has N^2 / 2).
+    ``wanted(i, j)``, if given, drops pairs before they are measured (the caller's pairs
+    already settled: cheaper than the distance test).
+    """
+    h = np.ascontiguousarray(hashes, dtype=np.uint64)
+    if len(h) < 2:
+        return
+    blocks = _plan_blocks(len(h), radius)
+    for k, (shift, width, flips) in enumerate(blocks):
+        values = ((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+        buckets = _Buckets(values, width)
+        for pattern in _patterns(width, flips):
+            queries, own = buckets.queries(pattern.bit_length() - 1 if pattern else None)
+            for qi, qj in buckets.join(queries, own ^ pattern, chunk):
+                if not pattern:
+                    keep = qj > qi
+                    qi, qj = qi[keep], qj[keep]
+                if wanted is not None:
+                    keep = wanted(qi, qj)
+                    qi, qj = qi[keep], qj[keep]
+                ok = _new_within(h[qi] ^ h[qj], radius, blocks[:k])
+                qi, qj = qi[ok], qj[ok]
+                if len(qi):
+                    yield np.minimum(qi, qj), np.maximum(qi, qj)
 
 
 def _new_within(x: np.ndarray, radius: int, earlier: list[tuple[int, int, int]]) -> np.ndarray:
@@ -187,19 +224,32 @@ def _new_within(x: np.ndarray, radius: int, earlier: list[tuple[int, int, int]])
 def pairs_across(
     queries: np.ndarray, hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (query ``q``, hash ``h``) with ``popcount(queries[q] ^ hashes[h]) <= radius``, once.
+    """Every (query ``q``, hash ``h``) with ``popcount(queries[q] ^ hashes[h]) <= radius``,
+    once, and its distance: ``iter_pairs_across`` gathered."""
+    q = np.ascontiguousarray(queries, dtype=np.uint64)
+    h = np.ascontiguousarray(hashes, dtype=np.uint64)
+    found = list(iter_pairs_across(q, h, radius, chunk=chunk))
+    if not found:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, np.uint8)
+    qi, hj = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    return qi, hj, popcount(q[qi] ^ h[hj])
 
-    The same multi-index search as ``pairs_within``, with the buckets over ``hashes`` and
-    every flip pattern probed from the query side.
+
+def iter_pairs_across(
+    queries: np.ndarray, hashes: np.ndarray, radius: int, *, chunk: int = 1 << 21, wanted: Wanted | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every (query ``q``, hash ``h``) with ``popcount(queries[q] ^ hashes[h]) <= radius``,
+    once, as (q, h) arrays of at most ~``chunk`` pairs each, as they are found.
+
+    The same multi-index search as ``iter_pairs_within``, with the buckets over ``hashes``
+    and every flip pattern probed from the query side; ``wanted(q, h)`` as there.
     """
     q = np.ascontiguousarray(queries, dtype=np.uint64)
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
-    empty = np.empty(0, np.int64)
     if not len(q) or not len(h):
-        return empty, empty, np.empty(0, np.uint8)
+        return
     blocks = _plan_blocks(len(h), radius)
-    found_q: list[np.ndarray] = []
-    found_h: list[np.ndarray] = []
     everyone = np.arange(len(q))
     for k, (shift, width, flips) in enumerate(blocks):
         mask = np.uint64((1 << width) - 1)
@@ -207,13 +257,12 @@ def pairs_across(
         own = ((q >> np.uint64(shift)) & mask).astype(np.int64)
         for pattern in _patterns(width, flips):
             for qi, hj in buckets.join(everyone, own ^ pattern, chunk):
+                if wanted is not None:
+                    keep = wanted(qi, hj)
+                    qi, hj = qi[keep], hj[keep]
                 ok = _new_within(q[qi] ^ h[hj], radius, blocks[:k])
-                found_q.append(qi[ok])
-                found_h.append(hj[ok])
-    if not found_q:
-        return empty, empty, np.empty(0, np.uint8)
-    qi, hj = np.concatenate(found_q), np.concatenate(found_h)
-    return qi, hj, popcount(q[qi] ^ h[hj])
+                if ok.any():
+                    yield qi[ok], hj[ok]
 
 
 def _plan_blocks(n: int, radius: int) -> list[tuple[int, int, int]]:
@@ -382,38 +431,42 @@ def _accepts(items: _Items, check: ThumbnailCheck | None, options: DedupOptions,
     return check.score(int(items.rows[a]), items.sha[a], int(items.rows[b]), items.sha[b]) >= need
 
 
-def _candidates(
-    items: _Items, contents: np.ndarray, options: DedupOptions, check: ThumbnailCheck | None = None
-) -> tuple[np.ndarray, ...]:
-    """Content pairs within ``max_distance`` in pHash, closest (pHash + dHash) first; with a
-    ``check``, then the pairs where a cropped or turned variant of one (computed from its
-    thumbnail) is within ``VARIANT_RADIUS`` of the other's pHash, closest variant first.
-    The third array is the stored pHash distance of each pair."""
-    i, j, dp = pairs_within(items.phash[contents], options.max_distance)
-    a, b = contents[i], contents[j]
-    dd = popcount(items.dhash[a] ^ items.dhash[b])
-    key = dp.astype(np.int64) + dd
-    if check is not None and len(contents) > 1:
-        variants = np.stack([check.variant_hashes(int(items.rows[c])) for c in contents.tolist()])
-        qi, hj, dv = pairs_across(variants.ravel(), items.phash[contents], VARIANT_RADIUS)
-        owner = qi // variants.shape[1]
+def _search(
+    items: _Items, contents: np.ndarray, options: DedupOptions, groups: _Grouper, variants: np.ndarray | None
+) -> None:
+    """Feed ``groups`` every candidate pair of contents as the search finds them: first the
+    pairs within ``max_distance`` in pHash (closest pHash + dHash first), then, with
+    ``variants`` (each content's cropped and turned pHashes, from its thumbnail), the pairs
+    where a variant of one is within ``VARIANT_RADIUS`` of the other's pHash (closest
+    variant first, after every pair the stored hashes found). No list of all pairs is
+    made: a chunk's pairs whose ends are already one group are dropped as they come."""
+    ph = items.phash[contents]
+    root = groups.root  # updated in place as groups join
+
+    def apart(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return root[contents[i]] != root[contents[j]]
+
+    for i, j in iter_pairs_within(ph, options.max_distance, chunk=_CHUNK, wanted=apart):
+        a, b = contents[i], contents[j]
+        groups.found += len(a)
+        groups.feed(a, b, popcount(items.phash[a] ^ items.phash[b]).astype(np.int64)
+                    + popcount(items.dhash[a] ^ items.dhash[b]))  # fmt: skip
+    groups.flush()
+    if variants is None or len(contents) < 2:
+        return
+    groups.count_new = True  # a pair the stored hashes found is not counted twice
+    flat = variants.ravel()
+    width = variants.shape[1]
+
+    def owners_apart(q: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return root[contents[q // width]] != root[contents[h]]
+
+    for qi, hj in iter_pairs_across(flat, ph, VARIANT_RADIUS, chunk=_CHUNK, wanted=owners_apart):
+        owner = qi // width
         mine = owner != hj
-        x, y = contents[owner[mine]], contents[hj[mine]]
-        x, y, dv = np.minimum(x, y), np.maximum(x, y), dv[mine].astype(np.int64)
-        n = len(items.rows)
-        seen = set((a * n + b).tolist())
-        code = x * n + y
-        order = np.lexsort((code, dv))
-        code, dv = code[order], dv[order]
-        _, first = np.unique(code, return_index=True)  # each pair at its closest variant
-        fresh = np.array([c not in seen for c in code[first].tolist()], bool)
-        code, dv = code[first][fresh], dv[first][fresh]
-        ga, gb = code // n, code % n
-        a, b = np.concatenate([a, ga]), np.concatenate([b, gb])
-        dp = np.concatenate([dp, popcount(items.phash[ga] ^ items.phash[gb])])
-        key = np.concatenate([key, 1000 + dv])  # after every pair the stored hashes found
-    order = np.lexsort((b, a, key))
-    return a[order], b[order], dp[order]
+        distance = popcount(flat[qi[mine]] ^ ph[hj[mine]]).astype(np.int64)
+        groups.feed(contents[owner[mine]], contents[hj[mine]], 1000 + distance)
+    groups.flush()
 
 
 def _check_candidates(
@@ -446,100 +499,165 @@ def _check_candidates(
 
 _ATTEMPTS = 4  # failed joins tried between two groups before they are given up on
 _WINDOW = 16384  # candidates looked at per round of checks
+_BUFFER = 1 << 22  # candidates held before they are decided (~100 MB with the sort)
+_CHUNK = 1 << 20  # candidates the search hands over at a time
 
 
-def _near_groups(
-    items: _Items,
-    pairs: tuple[np.ndarray, ...],
-    check: ThumbnailCheck | None,
-    options: DedupOptions,
-    *,
-    pool: CheckPool | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Union-find root of every item (contents only are joined) and each one's joining distance.
+class _Grouper:
+    """Union-find over the contents, fed candidate pairs in chunks as the search finds them.
 
-    Candidates are decided closest first, in windows. A window takes the next candidates
-    whose ends are in different groups (a vectorised test on the current roots, so the
-    pairs inside a cluster cost nothing once it is one group) such that no decision in
-    the window can change a root another one uses: one candidate per pair of groups, a
-    group joins at most one bigger group, and a group others join joins none (the
-    bigger group keeps its root). The checks they need (the pair, and the seeds of their
-    groups) are then all known at once and scored together on the pool, and each one is
-    used; the others wait for the next window. Two groups that failed ``_ATTEMPTS`` times
-    (or once on their seeds or colours, which do not change while they do not) are not
-    tried again. A cluster of N copies costs O(N) checks, not O(N^2) (issue 13), and the
-    groups do not depend on how many processes score the checks.
+    Candidates wait in a buffer, are decided closest first when it holds ``_BUFFER`` or
+    when the search moves on (stored hashes, then variants), and a pair whose ends are
+    already one group, or that was already decided, is dropped as it comes. So the pairs
+    of a cluster of N copies are never all held (N^2 / 2: 12.5M for 5,000): once its first
+    buffer is decided it is one group and the rest of its pairs cost a vectorised test.
+    While every candidate fits in one buffer, the order is exactly closest first.
+
+    A buffer is decided in windows. A window takes the next candidates whose ends are in
+    different groups such that no decision in the window can change a root another one
+    uses: one candidate per pair of groups, a group joins at most one bigger group, and a
+    group others join joins none (the bigger group keeps its root). The checks they need
+    (the pair, and the seeds of their groups) are then all known at once and scored
+    together on the pool, and each one is used; the others wait for the next window. Two
+    groups that failed ``_ATTEMPTS`` times (or once on their seeds or colours, which do
+    not change while they do not) are not tried again. A cluster of N copies costs O(N)
+    checks, not O(N^2) (issue 13), and the groups do not depend on how many processes
+    score the checks.
     """
-    a, b, dist = pairs
-    n = len(items.rows)
-    root = np.arange(n)  # current group root of every item
-    members: dict[int, list[int]] = {}  # root -> members, for groups of 2+
-    joined = np.zeros(n, np.int64)
-    tints: dict[int, np.ndarray | None] = {}  # root -> colour grid of its first colour member
-    failed: dict[tuple[int, int], int] = {}  # (root, root) -> failed joins
-    total, pos = len(a), 0
-    pending = np.empty(0, np.int64)  # positions taken from the candidates, not decided yet
-    width = _WINDOW
-    while pos < total or len(pending):
-        # The next candidates across groups; merges only ever join groups, so a pair
-        # found in one group now stays there and is dropped for good.
-        while len(pending) < width and pos < total:
-            step = np.arange(pos, min(total, pos + max(4 * width, 1 << 16)))
-            pos = int(step[-1]) + 1
-            pending = np.concatenate([pending, step[root[a[step]] != root[b[step]]]])
-        pending = pending[root[a[pending]] != root[b[pending]]]
-        window: list[tuple[int, int, int, int, int]] = []  # (position, x, y, root x, root y)
-        later: list[int] = []
-        seen: set[tuple[int, int]] = set()
-        keeps: set[int] = set()  # groups that keep their root in this window, whatever joins them
-        joins: set[int] = set()  # groups that may join another one (once per window)
-        for t in pending[:width].tolist():
-            x, y = int(a[t]), int(b[t])
-            rx, ry = int(root[x]), int(root[y])
-            key = (rx, ry) if rx < ry else (ry, rx)
-            if failed.get(key, 0) >= _ATTEMPTS:
-                continue
-            big, small = (rx, ry) if len(members.get(rx, ())) >= len(members.get(ry, ())) else (ry, rx)
-            # No decision may change a root another candidate of the window was checked with:
-            # a group joins at most one other, and a group that others join joins none.
-            if key in seen or small in joins or small in keeps or big in joins:
-                later.append(t)
-                continue
-            seen.add(key)
-            keeps.add(big)
-            joins.add(small)
-            window.append((t, x, y, rx, ry))
-        if check is not None and pool is not None:
-            _check_candidates(items, [w[1:] for w in window], check, pool, options)
-        for t, x, y, wx, wy in window:
-            rx, ry = int(root[x]), int(root[y])
-            assert {rx, ry} == {wx, wy}, "a root changed inside its window"
-            key = (rx, ry) if rx < ry else (ry, rx)
-            if not _accepts(items, check, options, x, y):
-                failed[key] = failed.get(key, 0) + 1
-                continue
-            # Verify before merging: the two seeds must be duplicates too, or a chain through
-            # one shared look-alike would pull two different pictures together.
-            if {rx, ry} != {x, y} and not _accepts(items, check, options, rx, ry):
-                failed[key] = _ATTEMPTS
-                continue
-            # A grayscale copy matches every colouring of its picture: it may join either, but
-            # must not bridge a group of one colour to a group of another.
-            tint_x = tints[rx] if rx in tints else _tint(check, pool, items, rx)
-            tint_y = tints[ry] if ry in tints else _tint(check, pool, items, ry)
-            if tint_x is not None and tint_y is not None and not hue_agrees(tint_x, tint_y):
-                failed[key] = _ATTEMPTS
-                continue
-            # The bigger group keeps its root (its seed); the smaller one is relabelled.
-            big, small = (rx, ry) if len(members.get(rx, ())) >= len(members.get(ry, ())) else (ry, rx)
-            moved = members.pop(small, [small])
-            root[moved] = big
-            members.setdefault(big, [big]).extend(moved)
-            joined[small] = int(dist[t])
-            tints[big] = tint_x if tint_x is not None else tint_y
-            tints.pop(small, None)
-        pending = np.sort(np.concatenate([np.array(later, np.int64), pending[width:]]))
-    return root, joined
+
+    def __init__(
+        self, items: _Items, check: ThumbnailCheck | None, options: DedupOptions, pool: CheckPool | None
+    ) -> None:
+        self.items, self.check, self.options, self.pool = items, check, options, pool
+        n = len(items.rows)
+        self.n = n
+        self.root = np.arange(n)  # current group root of every item
+        self.members: dict[int, list[int]] = {}  # root -> members, for groups of 2+
+        self.joined = np.zeros(n, np.int64)
+        self.tints: dict[int, np.ndarray | None] = {}  # root -> colour grid of its first colour member
+        self.failed: dict[tuple[int, int], int] = {}  # (root, root) -> failed joins
+        self.tried: set[int] = set()  # pairs (a * n + b) decided without a join, or given up on
+        self._tried = np.empty(0, np.int64)  # the same, sorted, for the vectorised test
+        self._buffer: list[tuple[np.ndarray, np.ndarray]] = []  # (pair code, order key)
+        self._held = 0
+        self.found = 0  # candidate pairs from the search (see ``DedupResult.candidates``)
+        self.count_new = False  # count pairs at decision time, once each (variant pairs)
+        self.peak_held = 0  # most candidates held at once (a test reads it)
+
+    def feed(self, a: np.ndarray, b: np.ndarray, key: np.ndarray) -> None:
+        """Candidates ``a``-``b`` (content indices), ordered by ``key`` (smaller first)."""
+        a, b = np.minimum(a, b), np.maximum(a, b)
+        fresh = self.root[a] != self.root[b]
+        code = a[fresh] * self.n + b[fresh]
+        code, key = self._untried(code, key[fresh])
+        if not len(code):
+            return
+        self._buffer.append((code, key))
+        self._held += len(code)
+        self.peak_held = max(self.peak_held, self._held)
+        if self._held >= _BUFFER:
+            self.flush()
+
+    def _untried(self, code: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(self._tried) or not len(code):
+            return code, key
+        at = np.minimum(np.searchsorted(self._tried, code), len(self._tried) - 1)
+        keep = self._tried[at] != code
+        return code[keep], key[keep]
+
+    def flush(self) -> None:
+        """Decide every held candidate, closest first (each pair at its smallest key)."""
+        if not self._buffer:
+            return
+        code = np.concatenate([c for c, _ in self._buffer])
+        key = np.concatenate([k for _, k in self._buffer])
+        self._buffer, self._held = [], 0
+        order = np.lexsort((code, key))
+        code = code[order]
+        _, first = np.unique(code, return_index=True)
+        code = code[np.sort(first)]  # (key, a, b) order, each pair once
+        a, b = code // self.n, code % self.n
+        fresh = self.root[a] != self.root[b]
+        a, b = a[fresh], b[fresh]
+        if self.count_new:
+            self.found += len(a)
+        self._decide(a, b, popcount(self.items.phash[a] ^ self.items.phash[b]).astype(np.int64))
+        self._tried = np.array(sorted(self.tried), np.int64)
+
+    def _decide(self, a: np.ndarray, b: np.ndarray, dist: np.ndarray) -> None:
+        items, check, options, pool = self.items, self.check, self.options, self.pool
+        root, members, failed = self.root, self.members, self.failed
+        total, pos = len(a), 0
+        pending = np.empty(0, np.int64)  # positions taken from the candidates, not decided yet
+        width = _WINDOW
+        while pos < total or len(pending):
+            # The next candidates across groups; merges only ever join groups, so a pair
+            # found in one group now stays there and is dropped for good.
+            while len(pending) < width and pos < total:
+                step = np.arange(pos, min(total, pos + max(4 * width, 1 << 16)))
+                pos = int(step[-1]) + 1
+                pending = np.concatenate([pending, step[root[a[step]] != root[b[step]]]])
+            pending = pending[root[a[pending]] != root[b[pending]]]
+            window: list[tuple[int, int, int, int, int]] = []  # (position, x, y, root x, root y)
+            later: list[int] = []
+            seen: set[tuple[int, int]] = set()
+            keeps: set[int] = set()  # groups that keep their root in this window, whatever joins them
+            joins: set[int] = set()  # groups that may join another one (once per window)
+            for t in pending[:width].tolist():
+                x, y = int(a[t]), int(b[t])
+                rx, ry = int(root[x]), int(root[y])
+                key = (rx, ry) if rx < ry else (ry, rx)
+                if failed.get(key, 0) >= _ATTEMPTS:
+                    self.tried.add(x * self.n + y)
+                    continue
+                big, small = (rx, ry) if len(members.get(rx, ())) >= len(members.get(ry, ())) else (ry, rx)
+                # No decision may change a root another candidate of the window was checked with:
+                # a group joins at most one other, and a group that others join joins none.
+                if key in seen or small in joins or small in keeps or big in joins:
+                    later.append(t)
+                    continue
+                seen.add(key)
+                keeps.add(big)
+                joins.add(small)
+                window.append((t, x, y, rx, ry))
+            if check is not None and pool is not None:
+                _check_candidates(items, [w[1:] for w in window], check, pool, options)
+            for t, x, y, wx, wy in window:
+                if not self._join(x, y, wx, wy, int(dist[t])):
+                    self.tried.add(x * self.n + y)
+            pending = np.sort(np.concatenate([np.array(later, np.int64), pending[width:]]))
+
+    def _join(self, x: int, y: int, wx: int, wy: int, dist: int) -> bool:
+        """Join the groups of ``x`` and ``y`` if the rule lets them; whether it did."""
+        items, check, options, pool = self.items, self.check, self.options, self.pool
+        root, members, failed, tints = self.root, self.members, self.failed, self.tints
+        rx, ry = int(root[x]), int(root[y])
+        assert {rx, ry} == {wx, wy}, "a root changed inside its window"
+        key = (rx, ry) if rx < ry else (ry, rx)
+        if not _accepts(items, check, options, x, y):
+            failed[key] = failed.get(key, 0) + 1
+            return False
+        # Verify before merging: the two seeds must be duplicates too, or a chain through
+        # one shared look-alike would pull two different pictures together.
+        if {rx, ry} != {x, y} and not _accepts(items, check, options, rx, ry):
+            failed[key] = _ATTEMPTS
+            return False
+        # A grayscale copy matches every colouring of its picture: it may join either, but
+        # must not bridge a group of one colour to a group of another.
+        tint_x = tints[rx] if rx in tints else _tint(check, pool, items, rx)
+        tint_y = tints[ry] if ry in tints else _tint(check, pool, items, ry)
+        if tint_x is not None and tint_y is not None and not hue_agrees(tint_x, tint_y):
+            failed[key] = _ATTEMPTS
+            return False
+        # The bigger group keeps its root (its seed); the smaller one is relabelled.
+        big, small = (rx, ry) if len(members.get(rx, ())) >= len(members.get(ry, ())) else (ry, rx)
+        moved = members.pop(small, [small])
+        root[moved] = big
+        members.setdefault(big, [big]).extend(moved)
+        self.joined[small] = dist
+        tints[big] = tint_x if tint_x is not None else tint_y
+        tints.pop(small, None)
+        return True
 
 
 def _tint(check: ThumbnailCheck | None, pool: CheckPool | None, items: _Items, idx: int) -> np.ndarray | None:
@@ -576,11 +694,14 @@ def dedup(
     ``out`` is the run's OUT, a local folder or an fsspec URL (its thumbnails are read from
     there); ``catalog`` its ``--catalog`` if not OUT/catalog.sqlite (required for a URL);
     ``output`` the folder for duplicates.csv/.json (see ``run_files``). Thumbnail checks run
-    on ``workers`` processes (default: every CPU this process may use); the groups are the
-    same for any number. Raises ``DedupError`` for a run without images or without the
-    thumbnails to check.
+    on ``workers`` processes (default: every CPU this process may use), and so do the
+    variant hashes of every thumbnail; the groups are the same for any number. Raises
+    ``DedupError`` for a run without images or without the thumbnails to check,
+    ``UsageError`` for ``workers`` < 1.
     """
     started = time.perf_counter()
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be at least 1, not {workers}")
     options = options or DedupOptions()
     files = run_files(out, catalog, output)  # the argument is used up: the name is the open catalog's
     with Catalog(files.catalog) as catalog, contextlib.ExitStack() as scratch:  # noqa: PLR1704
@@ -599,11 +720,16 @@ def dedup(
             paths = _thumb_paths(catalog, items.rows[contents])
             root = scratch.enter_context(_thumbnail_root(files, paths))
             check = ThumbnailCheck(root, paths, _load_verdicts(catalog))
-        pairs = _candidates(items, contents, options, check)
         thumbs_root = check.out if check is not None else Path(".")
-        with CheckPool(thumbs_root, check.thumbs if check else {}, workers=workers or default_workers()) as pool:
-            roots, joined = _near_groups(items, pairs, check, options, pool=pool)
-        candidates = len(pairs[0])
+        with (
+            _objects_named(files, thumbs_root),
+            CheckPool(thumbs_root, check.thumbs if check else {}, workers=workers or default_workers()) as pool,
+        ):
+            # Variant hashes on every core: one thumbnail read per content (~4 ms each).
+            variants = pool.variant_hashes(items.rows[contents].tolist()) if check is not None else None
+            groups = _Grouper(items, check, options, pool)
+            _search(items, contents, options, groups, variants)
+        roots, joined, candidates, held = groups.root, groups.joined, groups.found, groups.peak_held
         group_of = roots[content]
         members = _members(items, group_of, joined, content, options)
         _save(catalog, members, check, options)
@@ -621,6 +747,7 @@ def dedup(
         elapsed_s=time.perf_counter() - started,
         written=(files.csv, files.json),
         notice=_unhashed_notice(int((~hashed).sum()), n),
+        held=held,
     )
 
 
@@ -628,7 +755,7 @@ def dedup(
 def _thumbnail_root(files: RunFiles, paths: dict[int, str | None]) -> Iterator[Path]:
     """A local folder under which the thumbnails ``paths`` are: OUT itself, or for an object
     store a temp folder beside the catalog into which each is downloaded once (concurrently),
-    removed afterwards."""
+    removed afterwards. ``DedupError`` naming the object if one is not in the store."""
     if not files.remote:
         yield Path(files.out)
         return
@@ -639,10 +766,29 @@ def _thumbnail_root(files: RunFiles, paths: dict[int, str | None]) -> Iterator[P
     except OSError as exc:
         raise StorageError(f"cannot make a folder for the thumbnails beside {files.catalog}: {exc}") from exc
     try:
-        copy_objects(str(files.out), [p for p in paths.values() if p], folder)
+        missing = copy_objects(str(files.out), [p for p in paths.values() if p], folder)
+        if missing:  # named here, as the object it is: the check would only see a local path
+            row = next(r for r, p in paths.items() if p == missing[0])
+            raise DedupError(
+                f"thumbnail {files.out}/{missing[0]} of row {row} is missing from the store "
+                f"({len(missing):,} missing); {NO_THUMBS}"
+            )
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _objects_named(files: RunFiles, local: Path) -> Iterator[None]:
+    """For an object-store OUT, a thumbnail's error names the object (``s3://…/thumbs/…``),
+    not the temp copy the check read, which is gone when the error is shown."""
+    try:
+        yield
+    except DedupError as exc:
+        if not files.remote:
+            raise
+        text = str(exc).replace(f"{local}/", f"{files.out}/")
+        raise DedupError(re.sub(r"^thumbnail (\S+) of row", rf"thumbnail {files.out}/\1 of row", text)) from exc
 
 
 def report_thumbnails(files: RunFiles, dest: Path) -> Path:
@@ -781,10 +927,44 @@ def _write_outputs(catalog: Catalog, csv_path: Path, json_path: Path) -> None:
     ok = catalog.db.execute("SELECT row, key FROM items WHERE status = 'ok' ORDER BY row").fetchall()
     unique = len({key for _, key in ok}) == len(ok)
     name = {row: (key if unique else str(row)) for row, key in ok}
-    found: dict[str, list[str]] = {name[row]: [] for row, _ in ok}
-    for rows in groups.values():
-        for row in rows:
-            found[name[row]] = [name[o] for o in rows if o != row]
+    # Written as it goes, each name encoded once: a group of N lists N - 1 names N times, so
+    # the file is quadratic in a group's size (~400 MB for one of 5,000 copies); a dict of
+    # lists and one json.dumps of it held ~1 GB and took ~30 s for that group alone.
+    place = {row: (g, k) for g, rows in groups.items() for k, row in enumerate(rows)}  # group, index
+    listed: dict[int, tuple[str, list[int]]] = {}  # group -> its names joined, where each starts
     tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(found, ensure_ascii=False), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("{")
+        for k, (row, _) in enumerate(ok):
+            f.write(("" if k == 0 else ", ") + json.dumps(name[row], ensure_ascii=False) + ": [")
+            if row in place:
+                g, at = place[row]
+                if g not in listed:
+                    listed[g] = _joined([json.dumps(name[o], ensure_ascii=False) for o in groups[g]])
+                joined, starts = listed[g]
+                f.write(_without(joined, starts, at))
+            f.write("]")
+        f.write("}")
     tmp.replace(json_path)
+
+
+def _joined(encoded: list[str]) -> tuple[str, list[int]]:
+    """``", "``.join of ``encoded``, and where each item starts in it (one past the end last)."""
+    starts, at = [], 0
+    for e in encoded:
+        starts.append(at)
+        at += len(e) + 2
+    return ", ".join(encoded), [*starts, at]
+
+
+def _without(joined: str, starts: list[int], k: int) -> str:
+    """``joined`` (see ``_joined``) without its item ``k`` and that item's separator."""
+    count = len(starts) - 1
+    if count == 1:
+        return ""
+    if k == 0:
+        return joined[starts[1] :]
+    if k == count - 1:
+        return joined[: starts[k] - 2]
+    return joined[: starts[k]] + joined[starts[k + 1] :]
+

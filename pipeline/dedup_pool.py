@@ -12,21 +12,27 @@ The same batches give the same floats, so the groups do not depend on the proces
 
 from __future__ import annotations
 
+import functools
+import math
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from pipeline.thumbcheck import ThumbnailCheck
+from pipeline.thumbcheck import _DCT, _VARIANT_BOXES, _VARIANT_TURNS, SIDE, ThumbnailCheck
 
 BATCH = 64  # pairs per batch: ~0.5 s of work (~8 ms a thumbnail), enough batches to share a window
 _POOL_FROM = 512  # the pool starts for a window of this many pairs; once up, it takes every window
 
+VARIANT_BATCH = 128  # contents per batch of variant hashes: ~0.5 s of work
+_STACK = 16  # thumbnails whose views are made at once (bigger stacks fall out of the CPU cache)
+
 Pair = tuple[int, str, int, str]  # row_a, sha_a, row_b, sha_b
+_T = TypeVar("_T")
 
 
 def default_workers() -> int:
@@ -58,22 +64,31 @@ class CheckPool:
             rows = list(tints[k : k + 4 * BATCH])
             jobs.append((self.out, {r: self.thumbs.get(r) for r in rows}, [], rows))
         found: dict[tuple[str, str], float] = {}
-        if (
-            self.workers == 1
-            or len(jobs) < 2
-            or (self._pool is None and len(pairs) + len(tints) // 4 < _POOL_FROM)
-        ):
-            results = [score_batch(*job) for job in jobs]
-        else:
-            if self._pool is None:
-                ctx = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-            results = list(self._pool.map(score_batch, *zip(*jobs)))
-        for verdicts, views, grids in results:
+        for verdicts, views, grids in self._map(score_batch, jobs, len(pairs) + len(tints) // 4):
             found.update(verdicts)
             self.views.update(views)
             self.tints.update(grids)
         return found
+
+    def variant_hashes(self, rows: list[int]) -> np.ndarray:
+        """``ThumbnailCheck.variant_hashes`` of each of ``rows`` (one row each), on the pool:
+        every content's thumbnail is read for them, the bulk of a catalog's reads."""
+        jobs = [
+            (self.out, {r: self.thumbs.get(r) for r in rows[k : k + VARIANT_BATCH]}, rows[k : k + VARIANT_BATCH])
+            for k in range(0, len(rows), VARIANT_BATCH)
+        ]
+        found = self._map(variant_batch, jobs, len(rows) // 4)
+        return np.vstack(found) if found else np.empty((0, 0), np.uint64)
+
+    def _map(self, fn: Callable[..., _T], jobs: list[tuple[Any, ...]], weight: int) -> list[_T]:
+        """``fn`` over ``jobs``, in order: in the parent for one process, a single job or too
+        little work (``weight``, in pair checks) to start the pool for; else on the pool."""
+        if self.workers == 1 or len(jobs) < 2 or (self._pool is None and weight < _POOL_FROM):
+            return [fn(*job) for job in jobs]
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return list(self._pool.map(fn, *zip(*jobs)))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -85,6 +100,122 @@ class CheckPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def variant_batch(out: Path, thumbs: dict[int, str | None], rows: list[int]) -> np.ndarray:
+    """The variant pHashes of ``rows`` (in a worker or the parent), one row each: the same
+    values as ``ThumbnailCheck.variant_hashes``, computed for the whole batch at once."""
+    check = ThumbnailCheck(out, thumbs, {})
+    views = []
+    for k in range(0, len(rows), _STACK):
+        read = [check._pixels(r) for r in rows[k : k + _STACK]]  # its errors name the thumbnail and row
+        gray = np.stack([g for g, _, _ in read])
+        aspect = np.array([a for _, _, a in read])
+        views += [_box_views(gray, _VARIANT_BOXES), _turned_views(gray, aspect, _VARIANT_TURNS)]
+    hashes = _phashes(np.concatenate([v.reshape(-1, SIDE * SIDE) for v in views]))
+    # Back in row order: each stack's box views, then its turned ones.
+    per_row = []
+    at = 0
+    for box, turned in zip(views[::2], views[1::2]):
+        nb, nt = box.shape[1], turned.shape[1]
+        count = len(box)
+        b = hashes[at : at + count * nb].reshape(count, nb)
+        t = hashes[at + count * nb : at + count * (nb + nt)].reshape(count, nt)
+        per_row.append(np.hstack([b, t]))
+        at += count * (nb + nt)
+    return np.vstack(per_row)
+
+
+# The three below are ``thumbcheck.box_views``, ``turned_views`` and ``phashes`` for a stack
+# of same-sized grids at once (a thumbnail's 26 variants cost ~8 ms one grid at a time, mostly
+# numpy calls on small arrays; the whole catalog's thumbnails pass through here).
+# tests/test_dedup_scale.py checks they give the same hashes.
+
+
+def _box_views(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """(images, boxes, side * side) area-averaged views of each of ``gray`` (images, h, w)."""
+    count, h, w = gray.shape
+    integral = np.zeros((count, h + 1, w + 1))
+    integral[:, 1:, 1:] = gray.cumsum(axis=1).cumsum(axis=2)
+    steps = np.linspace(0.0, 1.0, side + 1)
+    xs = (boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps) * w
+    ys = (boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps) * h
+    xi, yi = np.clip(xs.astype(np.int64), 0, w - 1), np.clip(ys.astype(np.int64), 0, h - 1)
+    fx, fy = (xs - xi)[:, None, :], (ys - yi)[:, :, None]
+    x, y = xi[:, None, :], yi[:, :, None]
+    at = (
+        (1 - fy) * (1 - fx) * integral[:, y, x]
+        + (1 - fy) * fx * integral[:, y, x + 1]
+        + fy * (1 - fx) * integral[:, y + 1, x]
+        + fy * fx * integral[:, y + 1, x + 1]
+    )
+    sums = at[:, :, 1:, 1:] - at[:, :, :-1, 1:] - at[:, :, 1:, :-1] + at[:, :, :-1, :-1]
+    area = (boxes[:, 2] - boxes[:, 0]) * w * (boxes[:, 3] - boxes[:, 1]) * h / (side * side)
+    return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
+
+
+def _turned_views(
+    gray: np.ndarray, aspect: np.ndarray, turns: tuple[tuple[float, bool], ...], side: int = SIDE
+) -> np.ndarray:
+    """(images, turns, side * side) views of each of ``gray`` turned (see ``turned_views``).
+
+    Where each sample falls depends only on the picture's aspect ratio, and thumbnails share
+    a few (their sides are whole pixels): the sample positions and weights of an aspect are
+    worked out once (``_turn_samples``), and each picture of it only gathers and weighs.
+    """
+    count, h, w = gray.shape
+    views = np.empty((count, len(turns), side * side))
+    flat = gray.reshape(count, -1)
+    for value in np.unique(aspect):
+        these = np.flatnonzero(aspect == value)
+        pixels = flat[these]
+        for k, (at, weights, inside) in enumerate(_turn_samples(float(value), turns, h, w, side)):
+            g = pixels[:, at]
+            # The sum in the order of thumbcheck.turned_views, so the views are the same.
+            sampled = (
+                weights[0] * g[:, 0] + weights[1] * g[:, 1] + weights[2] * g[:, 2] + weights[3] * g[:, 3]
+            )
+            views[these, k] = (
+                np.where(inside, sampled, 0.0).reshape(len(these), side, 2, side, 2).mean(axis=(2, 4))
+            ).reshape(len(these), -1)
+    return views
+
+
+@functools.lru_cache(maxsize=16)  # ~1.5 MB each
+def _turn_samples(
+    aspect: float, turns: tuple[tuple[float, bool], ...], h: int, w: int, side: int
+) -> list[tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]]:
+    """Per turn: the 4 pixels each of the (2 side)^2 samples reads (4, n, n), their bilinear
+    weights, and which samples fall inside the picture (as ``thumbcheck.turned_views``)."""
+    n = side * 2
+    t = (np.arange(n) + 0.5) / n - 0.5
+    found = []
+    for angle, inscribed in turns:
+        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        scale = min(aspect / (aspect * c + abs(s)), 1.0 / (aspect * abs(s) + c)) if inscribed else 1.0
+        x, y = t[None, :] * aspect * scale, t[:, None] * scale
+        u = (c * x - s * y) / aspect * w + (w - 1) / 2
+        v = (s * x + c * y) * h + (h - 1) / 2
+        inside = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
+        u, v = np.clip(u, 0, w - 1.001), np.clip(v, 0, h - 1.001)
+        ui, vi = u.astype(np.int64), v.astype(np.int64)
+        fu, fv = u - ui, v - vi
+        at = vi * w + ui
+        pixels = np.stack([at, at + 1, at + w, at + w + 1], axis=0)
+        weights = ((1 - fv) * (1 - fu), (1 - fv) * fu, fv * (1 - fu), fv * fu)
+        found.append((pixels, weights, inside))
+    return found
+
+
+def _phashes(views: np.ndarray) -> np.ndarray:
+    """``thumbcheck.phashes``: the DCT as two products instead of one three-way einsum
+    (~8x fewer operations; the coefficients are rounded to 6 decimals before ranking)."""
+    img = views.reshape(-1, SIDE, SIDE)
+    rows = np.einsum("ij,kjl->kil", _DCT, img, optimize=False)
+    low = np.round(np.einsum("kil,ml->kim", rows, _DCT, optimize=False), 6).reshape(len(views), 64)
+    ranked = np.sort(low, axis=1)
+    bits = low > ((ranked[:, 31] + ranked[:, 32]) / 2)[:, None]
+    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
 
 
 def score_batch(

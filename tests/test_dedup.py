@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli import main
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.dedup import DedupOptions, _Items, _near_groups, pairs_within, popcount
+from pipeline.dedup import DedupOptions, _Grouper, _Items, _search, iter_pairs_within, pairs_within, popcount
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,6 +48,9 @@ def test_index_finds_exactly_the_pairs_brute_force_finds(radius: int) -> None:
     assert set(found) == set(zip(bi.tolist(), bj.tolist()))
     assert (d == brute[i, j]).all()
     assert len(found) > 250  # the planted pairs are there to be found
+    # The streamed search (what dedup uses) yields the same pairs, each once, in small chunks.
+    streamed = [(int(x), int(y)) for a, b in iter_pairs_within(h, radius, chunk=64) for x, y in zip(a, b)]
+    assert len(streamed) == len(set(streamed)) and set(streamed) == set(found)
 
 
 def test_index_handles_tiny_inputs() -> None:
@@ -64,8 +67,9 @@ def test_groups_do_not_chain_through_a_middle_picture() -> None:
         dhash=np.array([a, b, c], np.uint64), pixels=np.ones(3, np.int64), size=np.ones(3, np.int64),
     )  # fmt: skip
     options = DedupOptions(max_distance=8, max_sum=16, verify=False)
-    pairs = pairs_within(items.phash, 8)
-    roots, _ = _near_groups(items, (pairs[0], pairs[1], pairs[2]), None, options)
+    groups = _Grouper(items, None, options, None)
+    _search(items, np.arange(3), options, groups, None)
+    roots = groups.root
     assert roots[0] != roots[2]
     assert roots[1] in (roots[0], roots[2])
 

@@ -1,8 +1,10 @@
 """``pipeline dedup`` at scale (issue 13): checks on a process pool give the serial groups, a
-cluster of N copies costs O(N) thumbnail checks, and chains still do not join two pictures."""
+cluster of N copies costs O(N) thumbnail checks and its pairs are never all held at once,
+and chains still do not join two pictures."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sqlite3
@@ -15,9 +17,11 @@ from conftest import encode, photo
 from PIL import Image, ImageEnhance
 
 from cli import main
+from pipeline import dedup as dedup_module
 from pipeline import dedup_pool
 from pipeline.catalog import CATALOG_NAME
-from pipeline.dedup import dedup
+from pipeline.dedup import _smallest, dedup
+from pipeline.thumbcheck import ThumbnailCheck
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -132,3 +136,61 @@ def test_pool_gives_the_serial_groups(processed, tmp_path, monkeypatch) -> None:
         sql = "SELECT a, b, similarity FROM dedup_pairs ORDER BY a, b"
         assert a.execute(sql).fetchall() == b.execute(sql).fetchall()
     assert (serial / "duplicates.csv").read_bytes() == (pooled / "duplicates.csv").read_bytes()
+
+
+def test_a_cluster_is_grouped_as_its_pairs_stream_in(processed, tmp_path, monkeypatch) -> None:
+    # Candidates handed over 50 at a time and decided 200 at a time: the cluster's 1,770 pairs
+    # are never all held, the cluster is still one group for O(N) checks, and the groups are
+    # those of one big buffer.
+    whole = dedup(_fresh(processed, tmp_path, "whole"), workers=1)
+    assert whole.held >= N * (N - 1) // 2  # every pair fitted in one buffer: held at once
+    monkeypatch.setattr(dedup_module, "_CHUNK", 50)
+    monkeypatch.setattr(dedup_module, "_BUFFER", 200)
+    out = _fresh(processed, tmp_path, "streamed")
+    streamed = dedup(out, workers=1)
+    assert streamed.held <= 200 + 50
+    assert streamed.candidates < whole.candidates  # the cluster's later pairs were dropped unmeasured
+    cluster = [g for g in _groups(out) if any(k.startswith("c_") for k in g)]
+    assert cluster == [{f"c_{k:03}.jpg" for k in range(N)}]
+    assert streamed.checked <= 3 * N
+    assert _groups(out) == _groups(tmp_path / "whole")
+    # duplicates.json (written as it goes): each copy lists the N - 1 others, in one valid file.
+    listed = json.loads((out / "duplicates.json").read_text(encoding="utf-8"))
+    copies = {f"c_{k:03}.jpg" for k in range(N)}
+    assert all(set(listed[c]) == copies - {c} and len(listed[c]) == N - 1 for c in copies)
+    assert all(listed[k] == [] for k in listed if k.startswith("single_"))
+
+
+def test_variant_hashes_of_a_batch_are_the_checks_own(processed) -> None:
+    # The pool's stacked computation must give exactly ThumbnailCheck.variant_hashes: the
+    # candidates of a dedup must not depend on how the thumbnails were batched.
+    with sqlite3.connect(processed / CATALOG_NAME) as db:
+        listed = db.execute("SELECT row, thumbnails FROM items WHERE status = 'ok' ORDER BY row").fetchall()
+    thumbs = {row: _smallest(t) for row, t in listed}
+    check = ThumbnailCheck(processed, thumbs, {})
+    rows = list(thumbs)
+    expected = np.stack([check.variant_hashes(r) for r in rows])
+    assert (dedup_pool.variant_batch(processed, thumbs, rows) == expected).all()
+    assert (dedup_pool.variant_batch(processed, thumbs, rows[:3]) == expected[:3]).all()
+
+
+def test_workers_option(processed, tmp_path, monkeypatch) -> None:
+    started = []
+    real = dedup_pool.ProcessPoolExecutor
+
+    def counting(*args: object, **kwargs: object) -> dedup_pool.ProcessPoolExecutor:
+        started.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dedup_pool, "ProcessPoolExecutor", counting)
+    monkeypatch.setattr(dedup_pool, "_POOL_FROM", 1)
+    monkeypatch.setattr(dedup_pool, "VARIANT_BATCH", 8)  # several jobs even for this little set
+    out = _fresh(processed, tmp_path, "one")
+    code, output = _run(["dedup", str(out), "--workers", "1"])
+    assert code == 0 and not started, output
+    out = _fresh(processed, tmp_path, "two")
+    code, output = _run(["dedup", str(out), "--workers", "2"])
+    assert code == 0 and started and started[0][0] == 2, output
+    assert _groups(out) == _groups(tmp_path / "one")
+    code, output = _run(["dedup", str(out), "--workers", "0"])
+    assert code == 2 and "--workers" in output, output

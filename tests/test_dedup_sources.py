@@ -180,10 +180,18 @@ def test_dedup_of_an_s3_run_reads_its_thumbnails_once(
     assert code == 0, output
     assert _groups(tmp_path / "o" / "duplicates.csv")[0] == GROUPS
 
-    # A thumbnail gone from the store: the same clear error as for a local OUT, nothing left.
+    # A thumbnail that is there but not an image: named as the object, not as its temp copy.
+    first = next(iter(s3.find("bucket/run1/thumbs")))
+    s3.pipe(first, b"not an image")
+    code, output = _cli("dedup", "s3://bucket/run1", "--catalog", str(catalog), "--max-distance", "32")
+    assert code == 1 and output.startswith(f"Error: thumbnail s3://{first} of row"), output
+    assert "--no-verify" in output and ".thumbs-" not in output, output
+
+    # A thumbnail gone from the store: an error naming the object, nothing left behind.
     s3.rm(next(iter(s3.find("bucket/run1/thumbs"))))
     code, output = _cli("dedup", "s3://bucket/run1", "--catalog", str(catalog), "--max-distance", "32")
-    assert code == 1 and output.startswith("Error: thumbnail thumbs/") and "--no-verify" in output, output
+    assert code == 1 and output.startswith("Error: thumbnail s3://bucket/run1/thumbs/"), output
+    assert "missing from the store" in output and "--no-verify" in output, output
     assert {p.name for p in driver.iterdir()} - sqlite_files == left
 
 
