@@ -22,7 +22,7 @@ DEFAULT_USER_AGENT = (
 # Formats Pillow may open. Anything else is `not_image`, even if Pillow has a plugin for it:
 # every extra decoder is extra attack surface (e.g. EPS shells out to Ghostscript).
 # AVIF: Pillow's own plugin (libavif). HEIF (HEIC): only when the `heif` extra (pillow-heif) is
-# installed; without it such a row fails as not_image, naming the extra (pipeline/process.py).
+# installed; without it such a row fails as not_image, naming the extra (pipeline/image/formats.py).
 DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "AVIF", "HEIF")
 THUMB_FORMATS = ("jpeg", "webp", "png", "avif")
 _LOSSY_THUMB_FORMATS = ("jpeg", "webp", "avif")

@@ -21,7 +21,7 @@ image thread, held a worker at a few images per second. So:
   reached, so memory stays bounded however slow the store.
 - **A row waits for its own objects, not the image thread.** ``uploads()``, called on the
   thread that processed an image, gives a future of that image's uploads; the worker awaits
-  it on its event loop and reports the row only then (``worker._one``). So a row committed
+  it on its event loop and reports the row only then (``worker/rows._one``). So a row committed
   in the catalog has its objects in place, and the image thread has moved on meanwhile.
 - **Errors stop the run.** Any failed upload (missing bucket, wrong keys, access denied, a
   failure after s3fs's own retries) becomes ``StorageError``: raised by the row's future,
@@ -29,7 +29,7 @@ image thread, held a worker at a few images per second. So:
   same command resumes.
 - **Nothing in $TMPDIR.** Thumbnails are encoded into an anonymous in-memory file
   (``memfd_create``; Pillow releases the GIL only when it encodes to a real file, see
-  ``process.py``), which disappears with its process, even one killed with SIGKILL. Where
+  ``image/encode.py``), which disappears with its process, even one killed with SIGKILL. Where
   there is no memfd (not Linux), a temp file in the OS temp folder, removed after reading.
 
 Credentials and endpoints come from the usual places of each filesystem (for S3: the

@@ -2,7 +2,7 @@
 
 The runner lives in the parent process. It checks the run's fingerprint against the
 catalog (resume or refuse), streams the rows that still need work to the executor in
-batches (schedule.py), commits finished rows every half second with the done marks of the
+batches (schedule/batches.py), commits finished rows every half second with the done marks of the
 shards they complete, and reports progress through a callback, so that the CLI, a notebook
 or a script can show it however they like.
 """

@@ -334,7 +334,7 @@ class NamedStore:
     (``names``: one per row, in row order; the first is the one reported). Everything else
     (originals, uploads) is the store's. ``paths`` maps each reported name to all of them.
 
-    ``process.py`` keeps calling ``thumb_relpath``, ``exists`` and ``atomic_path`` as for the
+    ``image/encode.py`` keeps calling ``thumb_relpath``, ``exists`` and ``atomic_path`` as for the
     content layout; only the name changes."""
 
     __slots__ = ("_store", "names", "paths")

@@ -154,7 +154,7 @@ _DCT = _dct_rows(SIDE, 8)
 
 
 def phashes(views: np.ndarray) -> np.ndarray:
-    """pHash (as ``process.phash``: 8x8 low DCT coefficients above their median) of each
+    """pHash (as ``image/hashes.phash``: 8x8 low DCT coefficients above their median) of each
     32x32 view, as uint64."""
     img = views.reshape(-1, SIDE, SIDE)
     # Rows then columns: one 4-index einsum (no BLAS, see _products) cost 4x as much.
