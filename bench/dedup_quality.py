@@ -78,8 +78,9 @@ print(json.dumps({"max_distance": o.max_distance, "max_sum": o.max_sum, "min_sim
 
 
 # The candidate pairs of the tree's dedup (pHash radius and, if it has them, the variant
-# hashes), from its own code: dedup writes no candidate list, and "reached" must say what
-# the search found, not what pHash alone would. Private names: if the tree has other ones,
+# hashes), from its own search functions: dedup writes no candidate list (and streams its
+# pairs, dropping those whose ends are already one group), and "reached" must say what the
+# search finds, not what pHash alone would. Private names: if the tree has other ones,
 # "reached" falls back to the pHash radius (and says so).
 _CANDIDATES = """
 import json, sys
@@ -98,8 +99,15 @@ with Catalog(out / "catalog.sqlite") as cat:
     contents = np.fromiter(first.values(), np.int64, len(first))
     contents = contents[hashed[contents]]
     check = ThumbnailCheck(out, d._thumb_paths(cat, items.rows[contents]), {})
-    a, b, _ = d._candidates(items, contents, DedupOptions(), check)
-print(json.dumps([[items.sha[x], items.sha[y]] for x, y in zip(a.tolist(), b.tolist())]))
+    ph = items.phash[contents]
+    i, j, _ = d.pairs_within(ph, DedupOptions().max_distance)
+    pairs = set(zip(contents[i].tolist(), contents[j].tolist()))
+    if hasattr(d, "VARIANT_RADIUS"):  # the variants' search, every pair (dedup streams them)
+        variants = np.vstack([check.variant_hashes(int(r)) for r in contents])
+        width = variants.shape[1]
+        q, h, _ = d.pairs_across(variants.ravel(), ph, d.VARIANT_RADIUS)
+        pairs |= {(int(contents[x // width]), int(contents[y])) for x, y in zip(q.tolist(), h.tolist()) if x // width != y}
+print(json.dumps([[items.sha[x], items.sha[y]] for x, y in pairs]))
 """
 
 
