@@ -532,6 +532,13 @@ class _Grouper:
         n = len(items.rows)
         self.n = n
         self.root = np.arange(n)  # current group root of every item
+        # The member a group's seed checks use: its largest picture (pixels, then the earliest
+        # row), usually the original. The root itself is the first member of the bigger
+        # group, often an edited copy, and two copies edited apart (an edge crop, a turn)
+        # match through their original, not directly (issue 13: a third of the copies lost
+        # at grouping had passed their own check).
+        self.seed = np.arange(n)
+        self._new_seeds: list[tuple[int, int]] = []  # (root, a joined group's seed), after a window
         self.members: dict[int, list[int]] = {}  # root -> members, for groups of 2+
         self.joined = np.zeros(n, np.int64)
         self.tints: dict[int, np.ndarray | None] = {}  # root -> colour grid of its first colour member
@@ -621,10 +628,16 @@ class _Grouper:
                 joins.add(small)
                 window.append((t, x, y, rx, ry))
             if check is not None and pool is not None:
-                _check_candidates(items, [w[1:] for w in window], check, pool, options)
+                seeds = [(x, y, int(self.seed[wx]), int(self.seed[wy])) for _, x, y, wx, wy in window]
+                _check_candidates(items, seeds, check, pool, options)
             for t, x, y, wx, wy in window:
                 if not self._join(x, y, wx, wy, int(dist[t])):
                     self.tried.add(x * self.n + y)
+            # Seeds change between windows only, so every check a window uses was scored
+            # with it (a group others join keeps its root within a window, not its seed).
+            for big, seed in self._new_seeds:
+                self.seed[big] = _larger_of(self.items, int(self.seed[big]), seed)
+            self._new_seeds.clear()
             pending = np.sort(np.concatenate([np.array(later, np.int64), pending[width:]]))
 
     def _join(self, x: int, y: int, wx: int, wy: int, dist: int) -> bool:
@@ -639,7 +652,8 @@ class _Grouper:
             return False
         # Verify before merging: the two seeds must be duplicates too, or a chain through
         # one shared look-alike would pull two different pictures together.
-        if {rx, ry} != {x, y} and not _accepts(items, check, options, rx, ry):
+        sx, sy = int(self.seed[rx]), int(self.seed[ry])
+        if {sx, sy} != {x, y} and not _accepts(items, check, options, sx, sy):
             failed[key] = _ATTEMPTS
             return False
         # A grayscale copy matches every colouring of its picture: it may join either, but
@@ -654,10 +668,17 @@ class _Grouper:
         moved = members.pop(small, [small])
         root[moved] = big
         members.setdefault(big, [big]).extend(moved)
+        self._new_seeds.append((big, int(self.seed[small])))
         self.joined[small] = dist
         tints[big] = tint_x if tint_x is not None else tint_y
         tints.pop(small, None)
         return True
+
+
+def _larger_of(items: _Items, p: int, q: int) -> int:
+    """Of two contents, the one with more pixels (the earlier row on a tie)."""
+    kp, kq = (-int(items.pixels[p]), int(items.rows[p])), (-int(items.pixels[q]), int(items.rows[q]))
+    return p if kp <= kq else q
 
 
 def _tint(check: ThumbnailCheck | None, pool: CheckPool | None, items: _Items, idx: int) -> np.ndarray | None:

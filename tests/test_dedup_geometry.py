@@ -94,3 +94,28 @@ def test_report_names_the_path_of_each_near_member(deduped: Path) -> None:
     assert '"p":"geometry: rotated' in page
     assert '"p":"aligned: ' in page
     assert "matched by " in page  # drawn in each near member's caption
+
+
+def test_a_group_is_checked_on_its_largest_picture_not_its_first_member(tmp_path: Path) -> None:
+    """Two turned copies join first (they are nearly one picture), so the group's root is a
+    turned copy; then the original joins, then a copy cropped off one edge matches the
+    original. An edge crop against a turned copy is covered by no single view, so the
+    group's seed check must use its largest picture (the original), or the crop stays out."""
+    base = photo(800, 600, 31)
+    turned = base.rotate(5, Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)).resize((720, 540))
+    files = {
+        "a_turned.jpg": encode(turned, "JPEG", quality=92),
+        "b_turned.jpg": encode(turned, "JPEG", quality=60),
+        "c_original.jpg": encode(base, "JPEG", quality=90),
+        "d_edge_crop.jpg": encode(base.crop((80, 0, 800, 600)), "JPEG", quality=90),  # 10% off the left
+    }
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    out = tmp_path / "out"
+    _invoke(["run", str(folder), "-o", str(out), "-q", "--procs", "1"])
+    _invoke(["dedup", str(out), "--workers", "1"])
+    groups = _group_of(out)
+    assert set(groups) >= set(files), groups
+    assert len({groups[name] for name in files}) == 1, groups
