@@ -12,8 +12,6 @@ The same batches give the same floats, so the groups do not depend on the proces
 
 from __future__ import annotations
 
-import functools
-import math
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -23,7 +21,7 @@ from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from pipeline.thumbcheck import _DCT, _VARIANT_BOXES, _VARIANT_TURNS, SIDE, ThumbnailCheck
+from pipeline.thumbcheck import _DCT, _VARIANT_BOXES, _VARIANT_TURNS, SIDE, ThumbnailCheck, turned_view_stack
 
 BATCH = 64  # pairs per batch: ~0.5 s of work (~8 ms a thumbnail), enough batches to share a window
 _POOL_FROM = 512  # the pool starts for a window of this many pairs; once up, it takes every window
@@ -111,7 +109,7 @@ def variant_batch(out: Path, thumbs: dict[int, str | None], rows: list[int]) -> 
         read = [check._pixels(r) for r in rows[k : k + _STACK]]  # its errors name the thumbnail and row
         gray = np.stack([g for g, _, _ in read])
         aspect = np.array([a for _, _, a in read])
-        views += [_box_views(gray, _VARIANT_BOXES), _turned_views(gray, aspect, _VARIANT_TURNS)]
+        views += [_box_views(gray, _VARIANT_BOXES), turned_view_stack(gray, aspect, _VARIANT_TURNS)]
     hashes = _phashes(np.concatenate([v.reshape(-1, SIDE * SIDE) for v in views]))
     # Back in row order: each stack's box views, then its turned ones.
     per_row = []
@@ -152,59 +150,6 @@ def _box_views(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.ndar
     sums = at[:, :, 1:, 1:] - at[:, :, :-1, 1:] - at[:, :, 1:, :-1] + at[:, :, :-1, :-1]
     area = (boxes[:, 2] - boxes[:, 0]) * w * (boxes[:, 3] - boxes[:, 1]) * h / (side * side)
     return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
-
-
-def _turned_views(
-    gray: np.ndarray, aspect: np.ndarray, turns: tuple[tuple[float, bool], ...], side: int = SIDE
-) -> np.ndarray:
-    """(images, turns, side * side) views of each of ``gray`` turned (see ``turned_views``).
-
-    Where each sample falls depends only on the picture's aspect ratio, and thumbnails share
-    a few (their sides are whole pixels): the sample positions and weights of an aspect are
-    worked out once (``_turn_samples``), and each picture of it only gathers and weighs.
-    """
-    count, h, w = gray.shape
-    views = np.empty((count, len(turns), side * side))
-    flat = gray.reshape(count, -1)
-    for value in np.unique(aspect):
-        these = np.flatnonzero(aspect == value)
-        pixels = flat[these]
-        for k, (at, weights, inside) in enumerate(_turn_samples(float(value), turns, h, w, side)):
-            g = pixels[:, at]
-            # The sum in the order of thumbcheck.turned_views, so the views are the same.
-            sampled = (
-                weights[0] * g[:, 0] + weights[1] * g[:, 1] + weights[2] * g[:, 2] + weights[3] * g[:, 3]
-            )
-            views[these, k] = (
-                np.where(inside, sampled, 0.0).reshape(len(these), side, 2, side, 2).mean(axis=(2, 4))
-            ).reshape(len(these), -1)
-    return views
-
-
-@functools.lru_cache(maxsize=16)  # ~1.5 MB each
-def _turn_samples(
-    aspect: float, turns: tuple[tuple[float, bool], ...], h: int, w: int, side: int
-) -> list[tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]]:
-    """Per turn: the 4 pixels each of the (2 side)^2 samples reads (4, n, n), their bilinear
-    weights, and which samples fall inside the picture (as ``thumbcheck.turned_views``)."""
-    n = side * 2
-    t = (np.arange(n) + 0.5) / n - 0.5
-    found = []
-    for angle, inscribed in turns:
-        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-        scale = min(aspect / (aspect * c + abs(s)), 1.0 / (aspect * abs(s) + c)) if inscribed else 1.0
-        x, y = t[None, :] * aspect * scale, t[:, None] * scale
-        u = (c * x - s * y) / aspect * w + (w - 1) / 2
-        v = (s * x + c * y) * h + (h - 1) / 2
-        inside = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
-        u, v = np.clip(u, 0, w - 1.001), np.clip(v, 0, h - 1.001)
-        ui, vi = u.astype(np.int64), v.astype(np.int64)
-        fu, fv = u - ui, v - vi
-        at = vi * w + ui
-        pixels = np.stack([at, at + 1, at + w, at + w + 1], axis=0)
-        weights = ((1 - fv) * (1 - fu), (1 - fv) * fu, fv * (1 - fu), fv * fu)
-        found.append((pixels, weights, inside))
-    return found
 
 
 def _phashes(views: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ cropped or turned past the pHash radius still becomes a candidate.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +122,45 @@ def turned_views(
     and averaged down. Outside the picture is black; an inscribed turn zooms in on the
     largest same-shaped rectangle inside the turned picture, so nothing is outside.
     """
-    h, w = gray.shape
+    return turned_view_stack(gray[None], np.array([aspect]), turns, side)[0]
+
+
+def turned_view_stack(
+    gray: np.ndarray, aspect: np.ndarray, turns: tuple[tuple[float, bool], ...], side: int = SIDE
+) -> np.ndarray:
+    """(images, turns, side * side) views of each of ``gray`` (images, h, w) turned (see ``turned_views``).
+
+    Where each sample falls depends only on the picture's aspect ratio, and thumbnails share
+    a few (their sides are whole pixels): the sample positions and weights of an aspect are
+    worked out once (``_turn_samples``), and each picture of it only gathers and weighs.
+    """
+    count, h, w = gray.shape
+    views = np.empty((count, len(turns), side * side))
+    flat = gray.reshape(count, -1)
+    for value in np.unique(aspect):
+        these = np.flatnonzero(aspect == value)
+        pixels = flat[these]
+        for k, (at, weights, inside) in enumerate(_turn_samples(float(value), turns, h, w, side)):
+            g = pixels[:, at]
+            sampled = (
+                weights[0] * g[:, 0] + weights[1] * g[:, 1] + weights[2] * g[:, 2] + weights[3] * g[:, 3]
+            )
+            views[these, k] = (
+                np.where(inside, sampled, 0.0).reshape(len(these), side, 2, side, 2).mean(axis=(2, 4))
+            ).reshape(len(these), -1)
+    return views
+
+
+@functools.lru_cache(maxsize=16)  # ~1.5 MB each
+def _turn_samples(
+    aspect: float, turns: tuple[tuple[float, bool], ...], h: int, w: int, side: int
+) -> list[tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]]:
+    """Per turn: the 4 pixels each of the (2 side)^2 samples reads (4, n, n), their bilinear
+    weights, and which samples fall inside the picture."""
     n = side * 2
     t = (np.arange(n) + 0.5) / n - 0.5
-    views = np.empty((len(turns), side * side))
-    for k, (angle, inscribed) in enumerate(turns):
+    found = []
+    for angle, inscribed in turns:
         c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
         scale = min(aspect / (aspect * c + abs(s)), 1.0 / (aspect * abs(s) + c)) if inscribed else 1.0
         x, y = t[None, :] * aspect * scale, t[:, None] * scale
@@ -135,14 +170,11 @@ def turned_views(
         u, v = np.clip(u, 0, w - 1.001), np.clip(v, 0, h - 1.001)
         ui, vi = u.astype(np.int64), v.astype(np.int64)
         fu, fv = u - ui, v - vi
-        at = (
-            (1 - fv) * (1 - fu) * gray[vi, ui]
-            + (1 - fv) * fu * gray[vi, ui + 1]
-            + fv * (1 - fu) * gray[vi + 1, ui]
-            + fv * fu * gray[vi + 1, ui + 1]
-        )
-        views[k] = np.where(inside, at, 0.0).reshape(side, 2, side, 2).mean(axis=(1, 3)).ravel()
-    return views
+        at = vi * w + ui
+        pixels = np.stack([at, at + 1, at + w, at + w + 1], axis=0)
+        weights = ((1 - fv) * (1 - fu), (1 - fv) * fu, fv * (1 - fu), fv * fu)
+        found.append((pixels, weights, inside))
+    return found
 
 
 def _dct_rows(n: int, keep: int) -> np.ndarray:
