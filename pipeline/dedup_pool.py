@@ -21,7 +21,15 @@ from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from pipeline.thumbcheck import _DCT, _VARIANT_BOXES, _VARIANT_TURNS, SIDE, ThumbnailCheck, turned_view_stack
+from pipeline.thumbcheck import (
+    _VARIANT_BOXES,
+    _VARIANT_TURNS,
+    SIDE,
+    ThumbnailCheck,
+    box_view_stack,
+    phashes,
+    turned_view_stack,
+)
 
 BATCH = 64  # pairs per batch: ~0.5 s of work (~8 ms a thumbnail), enough batches to share a window
 _POOL_FROM = 512  # the pool starts for a window of this many pairs; once up, it takes every window
@@ -109,8 +117,8 @@ def variant_batch(out: Path, thumbs: dict[int, str | None], rows: list[int]) -> 
         read = [check._pixels(r) for r in rows[k : k + _STACK]]  # its errors name the thumbnail and row
         gray = np.stack([g for g, _, _ in read])
         aspect = np.array([a for _, _, a in read])
-        views += [_box_views(gray, _VARIANT_BOXES), turned_view_stack(gray, aspect, _VARIANT_TURNS)]
-    hashes = _phashes(np.concatenate([v.reshape(-1, SIDE * SIDE) for v in views]))
+        views += [box_view_stack(gray, _VARIANT_BOXES), turned_view_stack(gray, aspect, _VARIANT_TURNS)]
+    hashes = phashes(np.concatenate([v.reshape(-1, SIDE * SIDE) for v in views]))
     # Back in row order: each stack's box views, then its turned ones.
     per_row = []
     at = 0
@@ -122,45 +130,6 @@ def variant_batch(out: Path, thumbs: dict[int, str | None], rows: list[int]) -> 
         per_row.append(np.hstack([b, t]))
         at += count * (nb + nt)
     return np.vstack(per_row)
-
-
-# The three below are ``thumbcheck.box_views``, ``turned_views`` and ``phashes`` for a stack
-# of same-sized grids at once (a thumbnail's 26 variants cost ~8 ms one grid at a time, mostly
-# numpy calls on small arrays; the whole catalog's thumbnails pass through here).
-# tests/test_dedup_scale.py checks they give the same hashes.
-
-
-def _box_views(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.ndarray:
-    """(images, boxes, side * side) area-averaged views of each of ``gray`` (images, h, w)."""
-    count, h, w = gray.shape
-    integral = np.zeros((count, h + 1, w + 1))
-    integral[:, 1:, 1:] = gray.cumsum(axis=1).cumsum(axis=2)
-    steps = np.linspace(0.0, 1.0, side + 1)
-    xs = (boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps) * w
-    ys = (boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps) * h
-    xi, yi = np.clip(xs.astype(np.int64), 0, w - 1), np.clip(ys.astype(np.int64), 0, h - 1)
-    fx, fy = (xs - xi)[:, None, :], (ys - yi)[:, :, None]
-    x, y = xi[:, None, :], yi[:, :, None]
-    at = (
-        (1 - fy) * (1 - fx) * integral[:, y, x]
-        + (1 - fy) * fx * integral[:, y, x + 1]
-        + fy * (1 - fx) * integral[:, y + 1, x]
-        + fy * fx * integral[:, y + 1, x + 1]
-    )
-    sums = at[:, :, 1:, 1:] - at[:, :, :-1, 1:] - at[:, :, 1:, :-1] + at[:, :, :-1, :-1]
-    area = (boxes[:, 2] - boxes[:, 0]) * w * (boxes[:, 3] - boxes[:, 1]) * h / (side * side)
-    return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
-
-
-def _phashes(views: np.ndarray) -> np.ndarray:
-    """``thumbcheck.phashes``: the DCT as two products instead of one three-way einsum
-    (~8x fewer operations; the coefficients are rounded to 6 decimals before ranking)."""
-    img = views.reshape(-1, SIDE, SIDE)
-    rows = np.einsum("ij,kjl->kil", _DCT, img, optimize=False)
-    low = np.round(np.einsum("kil,ml->kim", rows, _DCT, optimize=False), 6).reshape(len(views), 64)
-    ranked = np.sort(low, axis=1)
-    bits = low > ((ranked[:, 31] + ranked[:, 32]) / 2)[:, None]
-    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
 
 
 def score_batch(

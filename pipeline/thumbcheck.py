@@ -231,9 +231,14 @@ def box_views(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.ndarr
     Sums come from the integral image, interpolated bilinearly at fractional edges, which
     is exact when pixels are constant squares: one numpy expression for every box.
     """
-    h, w = gray.shape
-    integral = np.zeros((h + 1, w + 1))
-    integral[1:, 1:] = gray.cumsum(axis=0).cumsum(axis=1)
+    return box_view_stack(gray[None], boxes, side)[0]
+
+
+def box_view_stack(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """(images, boxes, side * side) area-averaged views of each of ``gray`` (images, h, w)."""
+    count, h, w = gray.shape
+    integral = np.zeros((count, h + 1, w + 1))
+    integral[:, 1:, 1:] = gray.cumsum(axis=1).cumsum(axis=2)
     steps = np.linspace(0.0, 1.0, side + 1)
     xs = (boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps) * w
     ys = (boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps) * h
@@ -241,14 +246,14 @@ def box_views(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.ndarr
     fx, fy = (xs - xi)[:, None, :], (ys - yi)[:, :, None]
     x, y = xi[:, None, :], yi[:, :, None]
     at = (
-        (1 - fy) * (1 - fx) * integral[y, x]
-        + (1 - fy) * fx * integral[y, x + 1]
-        + fy * (1 - fx) * integral[y + 1, x]
-        + fy * fx * integral[y + 1, x + 1]
+        (1 - fy) * (1 - fx) * integral[:, y, x]
+        + (1 - fy) * fx * integral[:, y, x + 1]
+        + fy * (1 - fx) * integral[:, y + 1, x]
+        + fy * fx * integral[:, y + 1, x + 1]
     )
-    sums = at[:, 1:, 1:] - at[:, :-1, 1:] - at[:, 1:, :-1] + at[:, :-1, :-1]
+    sums = at[:, :, 1:, 1:] - at[:, :, :-1, 1:] - at[:, :, 1:, :-1] + at[:, :, :-1, :-1]
     area = (boxes[:, 2] - boxes[:, 0]) * w * (boxes[:, 3] - boxes[:, 1]) * h / (side * side)
-    return sums.reshape(len(boxes), side * side) / area[:, None]
+    return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
 
 
 def normalize(views: np.ndarray, side: int = SIDE) -> np.ndarray:
