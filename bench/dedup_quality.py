@@ -107,6 +107,9 @@ with Catalog(out / "catalog.sqlite") as cat:
         width = variants.shape[1]
         q, h, _ = d.pairs_across(variants.ravel(), ph, d.VARIANT_RADIUS)
         pairs |= {(int(contents[x // width]), int(contents[y])) for x, y in zip(q.tolist(), h.tolist()) if x // width != y}
+        for column in getattr(d, "BAND_COLUMNS", ()):  # band-cut variants against each other
+            i, j, _ = d.pairs_within(np.ascontiguousarray(variants[:, column]), d.VARIANT_RADIUS)
+            pairs |= set(zip(contents[i].tolist(), contents[j].tolist()))
 print(json.dumps([[items.sha[x], items.sha[y]] for x, y in pairs]))
 """
 

@@ -49,7 +49,7 @@ from pipeline.config import CSV_NAME, JSON_NAME, DedupOptions, is_url
 from pipeline.dedup_pool import CheckPool, default_workers
 from pipeline.errors import CatalogError, DedupError, StorageError, UsageError
 from pipeline.thumbcheck import _NO_THUMBS as NO_THUMBS
-from pipeline.thumbcheck import VERSION, ThumbnailCheck, describe, hue_agrees
+from pipeline.thumbcheck import BAND_COLUMNS, VERSION, ThumbnailCheck, describe, hue_agrees
 
 CSV_COLUMNS = ("group_id", "key", "url", "sha256", "kind", "distance", "is_representative")
 
@@ -466,6 +466,11 @@ def _search(
         mine = owner != hj
         distance = popcount(flat[qi[mine]] ^ ph[hj[mine]]).astype(np.int64)
         groups.feed(contents[owner[mine]], contents[hj[mine]], 1000 + distance)
+    # A banner: the band-cut variants of the two copies agree, neither with a whole picture.
+    for column in BAND_COLUMNS:
+        band = np.ascontiguousarray(variants[:, column])
+        for i, j in iter_pairs_within(band, VARIANT_RADIUS, chunk=_CHUNK, wanted=apart):
+            groups.feed(contents[i], contents[j], 1000 + popcount(band[i] ^ band[j]).astype(np.int64))
     groups.flush()
 
 

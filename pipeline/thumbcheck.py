@@ -79,7 +79,12 @@ _VARIANT_BOXES = np.array(
     # 10% off one edge: such a copy is past the radius of every centre or corner crop
     # (seed 1: 18% of them, 0% with these).
     + [(0.1, 0, 1, 1), (0, 0, 0.9, 1), (0, 0.1, 1, 1), (0, 0, 1, 0.9)]
+    # 15% off the top, off the bottom: where banners go. Searched against the same variant
+    # of the others too (``BAND_COLUMNS``), as an opaque strip moves the whole picture's pHash
+    # past any radius and only the two pictures without it agree.
+    + [(0, 0.15, 1, 1), (0, 0, 1, 0.85)]
 )
+BAND_COLUMNS = (len(_VARIANT_BOXES) - 2, len(_VARIANT_BOXES) - 1)  # in variant_hashes' rows
 _VARIANT_TURNS = tuple((a, inscribed) for inscribed in (False, True) for a in (-4.0, -2.0, 2.0, 4.0))
 
 

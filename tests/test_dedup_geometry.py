@@ -119,3 +119,26 @@ def test_a_group_is_checked_on_its_largest_picture_not_its_first_member(tmp_path
     groups = _group_of(out)
     assert set(groups) >= set(files), groups
     assert len({groups[name] for name in files}) == 1, groups
+
+
+def test_a_copy_with_a_banner_is_found_and_joined(tmp_path: Path) -> None:
+    """An opaque strip across the bottom moves the whole picture's pHash past the search
+    radius; the copies are found by their band-cut variants, which agree."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for seed in (41, 42):
+        base = photo(800, 600, seed)
+        banner = base.copy()
+        draw = ImageDraw.Draw(banner)
+        draw.rectangle((0, 516, 800, 600), fill=(200, 30, 30))
+        draw.text((20, 540), "SALE -50% TODAY ONLY", fill=(255, 255, 255))
+        (folder / f"{seed}_original.jpg").write_bytes(encode(base, "JPEG", quality=90))
+        (folder / f"{seed}_banner.jpg").write_bytes(encode(banner, "JPEG", quality=90))
+    out = tmp_path / "out"
+    _invoke(["run", str(folder), "-o", str(out), "-q", "--procs", "1"])
+    _invoke(["dedup", str(out), "--workers", "1"])
+    groups = _group_of(out)
+    for seed in (41, 42):
+        assert f"{seed}_banner.jpg" in groups and f"{seed}_original.jpg" in groups, groups
+        assert groups[f"{seed}_banner.jpg"] == groups[f"{seed}_original.jpg"], groups
+    assert len({groups[name] for name in groups}) == 2, groups  # the two pictures stay apart
