@@ -357,7 +357,7 @@ def dedup_command(
     """
     # Imported here: numpy and Pillow cost the parent of every `pipeline run` ~30 MB and 80 ms.
     from pipeline.dedup import dedup, report_thumbnails, run_files
-    from pipeline.dedup_report import write_report
+    from pipeline.dedup.report import write_report
 
     options = DedupOptions(max_distance=max_distance, keep=keep, verify=verify)
     files = run_files(out, catalog, output)  # no run there: a usage error, no lock file left

@@ -86,29 +86,38 @@ _CANDIDATES = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from pipeline import dedup as d
 from pipeline.catalog import Catalog
 from pipeline.config import DedupOptions
-from pipeline.thumbcheck import ThumbnailCheck
+try:  # the package layout (pipeline/dedup/, issue 15)
+    from pipeline.dedup import index as d
+    from pipeline.dedup.items import load_items, thumb_paths
+    from pipeline.dedup.search import VARIANT_RADIUS
+    from pipeline.dedup.thumbcheck import BAND_COLUMNS, ThumbnailCheck
+except ImportError:  # pipeline/dedup.py and pipeline/thumbcheck.py
+    from pipeline import dedup as d
+    from pipeline.thumbcheck import ThumbnailCheck
+    load_items, thumb_paths = d._load, d._thumb_paths
+    VARIANT_RADIUS = getattr(d, "VARIANT_RADIUS", None)
+    BAND_COLUMNS = getattr(d, "BAND_COLUMNS", ())
 out = Path(sys.argv[1])
 with Catalog(out / "catalog.sqlite") as cat:
-    items, hashed = d._load(cat)
+    items, hashed = load_items(cat)
     first = {}
     for i, s in enumerate(items.sha):
         first.setdefault(s, i)
     contents = np.fromiter(first.values(), np.int64, len(first))
     contents = contents[hashed[contents]]
-    check = ThumbnailCheck(out, d._thumb_paths(cat, items.rows[contents]), {})
+    check = ThumbnailCheck(out, thumb_paths(cat, items.rows[contents]), {})
     ph = items.phash[contents]
     i, j, _ = d.pairs_within(ph, DedupOptions().max_distance)
     pairs = set(zip(contents[i].tolist(), contents[j].tolist()))
-    if hasattr(d, "VARIANT_RADIUS"):  # the variants' search, every pair (dedup streams them)
+    if VARIANT_RADIUS is not None:  # the variants' search, every pair (dedup streams them)
         variants = np.vstack([check.variant_hashes(int(r)) for r in contents])
         width = variants.shape[1]
-        q, h, _ = d.pairs_across(variants.ravel(), ph, d.VARIANT_RADIUS)
+        q, h, _ = d.pairs_across(variants.ravel(), ph, VARIANT_RADIUS)
         pairs |= {(int(contents[x // width]), int(contents[y])) for x, y in zip(q.tolist(), h.tolist()) if x // width != y}
-        for column in getattr(d, "BAND_COLUMNS", ()):  # band-cut variants against each other
-            i, j, _ = d.pairs_within(np.ascontiguousarray(variants[:, column]), d.VARIANT_RADIUS)
+        for column in BAND_COLUMNS:  # band-cut variants against each other
+            i, j, _ = d.pairs_within(np.ascontiguousarray(variants[:, column]), VARIANT_RADIUS)
             pairs |= set(zip(contents[i].tolist(), contents[j].tolist()))
 print(json.dumps([[items.sha[x], items.sha[y]] for x, y in pairs]))
 """

@@ -1,6 +1,6 @@
 """The thumbnail check alone, on a kept ``bench/dedup_quality.py`` set (issue 13).
 
-Rescores, in this process and with this tree's ``pipeline.thumbcheck``, every
+Rescores, in this process and with this tree's ``pipeline.dedup.thumbcheck``, every
 original-to-copy pair, every pair of a base's picture with its hard negative, and every
 cross-picture pair the kept run checked (its ``dedup_pairs``), and says per transform how
 many pass the rule's threshold (``min_similarity``, or ``GEOMETRY_SIMILARITY`` for a pair
@@ -27,8 +27,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import DedupOptions
-from pipeline.dedup import GEOMETRY_SIMILARITY
-from pipeline.thumbcheck import ThumbnailCheck, describe
+from pipeline.dedup.rule import GEOMETRY_SIMILARITY
+from pipeline.dedup.thumbcheck import ThumbnailCheck, describe
 
 Row = tuple[int, str, int, int, str]  # row, sha, phash, dhash, thumbnail
 

@@ -1,7 +1,7 @@
 """CPU milliseconds per thumbnail of dedup's thumbnail check, by part (issue 13).
 
 On the thumbnails of a kept ``bench/dedup_quality.py`` run (``--keep DIR``): the parts
-of ``pipeline.thumbcheck`` one thumbnail costs (decode, whole view, every view, variant
+of ``pipeline.dedup.thumbcheck`` one thumbnail costs (decode, whole view, every view, variant
 hashes), each timed over the same thumbnails, and ``score_batch`` over the pairs the
 kept run checked (its ``dedup_pairs``, as the catalog has them: true and false
 candidates), in batches of ``dedup_pool.BATCH`` as the pool cuts them. CPU time of this
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 # ``pipeline`` comes from PYTHONPATH (this tree's or another checkout's, to compare).
-from pipeline import thumbcheck
-from pipeline.dedup_pool import BATCH
-from pipeline.thumbcheck import ThumbnailCheck
+from pipeline.dedup import thumbcheck
+from pipeline.dedup.pool import BATCH
+from pipeline.dedup.thumbcheck import ThumbnailCheck
 
 
 def _catalog(out: Path) -> tuple[dict[str, tuple[int, str]], list[tuple[str, str]]]:

@@ -80,7 +80,7 @@ _V1 = """
         CREATE INDEX items_status ON items (status, error_class);
 """
 
-# Written by `pipeline dedup` (pipeline/dedup.py): one row per member of a duplicate group
+# Written by `pipeline dedup` (pipeline/dedup/): one row per member of a duplicate group
 # (ungrouped rows have none), and the thumbnail-check verdicts, cached by content so that a
 # rerun after more rows were added only checks new pairs.
 _V2 = """

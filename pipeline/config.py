@@ -337,7 +337,7 @@ class RunConfig:
         }
 
 
-# --- dedup (here, not in dedup.py, so the CLI can show defaults without importing numpy) ---
+# --- dedup (here, not in pipeline/dedup/, so the CLI can show defaults without importing numpy) ---
 
 KEEP = ("largest", "smallest-file", "first")
 CSV_NAME = "duplicates.csv"

@@ -16,7 +16,11 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli import main
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.dedup import DedupOptions, _Grouper, _Items, _search, iter_pairs_within, pairs_within, popcount
+from pipeline.config import DedupOptions
+from pipeline.dedup import iter_pairs_within, pairs_within, popcount
+from pipeline.dedup.groups import Grouper
+from pipeline.dedup.items import Items
+from pipeline.dedup.search import search
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,13 +66,13 @@ def test_index_handles_tiny_inputs() -> None:
 def test_groups_do_not_chain_through_a_middle_picture() -> None:
     # A~B and B~C are each within the rule, A and C are not: B joins one of them, never both.
     a, b, c = 0, 0b1111111, 0b11111111111111
-    items = _Items(
+    items = Items(
         rows=np.arange(3), sha=["a", "b", "c"], phash=np.array([a, b, c], np.uint64),
         dhash=np.array([a, b, c], np.uint64), pixels=np.ones(3, np.int64), size=np.ones(3, np.int64),
     )  # fmt: skip
     options = DedupOptions(max_distance=8, max_sum=16, verify=False)
-    groups = _Grouper(items, None, options, None)
-    _search(items, np.arange(3), options, groups, None)
+    groups = Grouper(items, None, options, None)
+    search(items, np.arange(3), options, groups, None)
     roots = groups.root
     assert roots[0] != roots[2]
     assert roots[1] in (roots[0], roots[2])

@@ -23,7 +23,7 @@ from conftest import encode, photo
 
 from cli import main
 from pipeline.catalog import CATALOG_NAME
-from pipeline.dedup_report import write_report
+from pipeline.dedup.report import write_report
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,11 +17,13 @@ from conftest import encode, photo
 from PIL import Image, ImageEnhance
 
 from cli import main
-from pipeline import dedup as dedup_module
-from pipeline import dedup_pool
+from pipeline.dedup import groups as dedup_groups
+from pipeline.dedup import pool as dedup_pool
+from pipeline.dedup import search as dedup_search
 from pipeline.catalog import CATALOG_NAME
-from pipeline.dedup import _smallest, dedup
-from pipeline.thumbcheck import ThumbnailCheck
+from pipeline.dedup import dedup
+from pipeline.dedup.items import smallest_thumbnail
+from pipeline.dedup.thumbcheck import ThumbnailCheck
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -144,8 +146,8 @@ def test_a_cluster_is_grouped_as_its_pairs_stream_in(processed, tmp_path, monkey
     # those of one big buffer.
     whole = dedup(_fresh(processed, tmp_path, "whole"), workers=1)
     assert whole.held >= N * (N - 1) // 2  # every pair fitted in one buffer: held at once
-    monkeypatch.setattr(dedup_module, "_CHUNK", 50)
-    monkeypatch.setattr(dedup_module, "_BUFFER", 200)
+    monkeypatch.setattr(dedup_search, "CHUNK", 50)
+    monkeypatch.setattr(dedup_groups, "_BUFFER", 200)
     out = _fresh(processed, tmp_path, "streamed")
     streamed = dedup(out, workers=1)
     assert streamed.held <= 200 + 50
@@ -166,7 +168,7 @@ def test_variant_hashes_of_a_batch_are_the_checks_own(processed) -> None:
     # candidates of a dedup must not depend on how the thumbnails were batched.
     with sqlite3.connect(processed / CATALOG_NAME) as db:
         listed = db.execute("SELECT row, thumbnails FROM items WHERE status = 'ok' ORDER BY row").fetchall()
-    thumbs = {row: _smallest(t) for row, t in listed}
+    thumbs = {row: smallest_thumbnail(t) for row, t in listed}
     check = ThumbnailCheck(processed, thumbs, {})
     rows = list(thumbs)
     expected = np.stack([check.variant_hashes(r) for r in rows])

@@ -1,4 +1,4 @@
-"""The thumbnail check alone (``pipeline.thumbcheck``), on real JPEG thumbnails written to disk:
+"""The thumbnail check alone (``pipeline.dedup.thumbcheck``), on real JPEG thumbnails written to disk:
 the whole view settles a plain copy, a caption banner or a one-edge crop is found by its own
 view, and a copy with an object moved is refused."""
 
@@ -8,7 +8,7 @@ import pytest
 from conftest import encode, photo
 from PIL import Image, ImageDraw
 
-from pipeline.thumbcheck import BOXES, STOP, TURNS, ThumbnailCheck, describe
+from pipeline.dedup.thumbcheck import BOXES, STOP, TURNS, ThumbnailCheck, describe
 
 pytestmark = pytest.mark.timeout(60)
 

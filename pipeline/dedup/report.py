@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.dedup import iter_grouped
+from pipeline.dedup.outputs import iter_grouped
+from pipeline.dedup.thumbcheck import VERSION
 from pipeline.errors import DedupError, StorageError
-from pipeline.thumbcheck import VERSION
 
 PAGE_SIZE = 50
 

@@ -21,7 +21,7 @@ from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from pipeline.thumbcheck import (
+from pipeline.dedup.thumbcheck import (
     _VARIANT_BOXES,
     _VARIANT_TURNS,
     SIDE,

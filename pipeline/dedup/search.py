@@ -1,0 +1,56 @@
+"""The candidate search: pHash neighbours, then cropped, turned and band-cut variants, fed to the grouper."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import DedupOptions
+from pipeline.dedup.groups import Grouper
+from pipeline.dedup.index import iter_pairs_across, iter_pairs_within, popcount
+from pipeline.dedup.items import Items
+from pipeline.dedup.thumbcheck import BAND_COLUMNS
+
+VARIANT_RADIUS = 8  # pHash bits between a cropped/turned variant and a stored pHash
+CHUNK = 1 << 20  # candidates the search hands over at a time
+
+def search(
+    items: Items, contents: np.ndarray, options: DedupOptions, groups: Grouper, variants: np.ndarray | None
+) -> None:
+    """Feed ``groups`` every candidate pair of contents as the search finds them: first the
+    pairs within ``max_distance`` in pHash (closest pHash + dHash first), then, with
+    ``variants`` (each content's cropped and turned pHashes, from its thumbnail), the pairs
+    where a variant of one is within ``VARIANT_RADIUS`` of the other's pHash (closest
+    variant first, after every pair the stored hashes found). No list of all pairs is
+    made: a chunk's pairs whose ends are already one group are dropped as they come."""
+    ph = items.phash[contents]
+    root = groups.root  # updated in place as groups join
+
+    def apart(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return root[contents[i]] != root[contents[j]]
+
+    for i, j in iter_pairs_within(ph, options.max_distance, chunk=CHUNK, wanted=apart):
+        a, b = contents[i], contents[j]
+        groups.found += len(a)
+        groups.feed(a, b, popcount(items.phash[a] ^ items.phash[b]).astype(np.int64)
+                    + popcount(items.dhash[a] ^ items.dhash[b]))  # fmt: skip
+    groups.flush()
+    if variants is None or len(contents) < 2:
+        return
+    groups.count_new = True  # a pair the stored hashes found is not counted twice
+    flat = variants.ravel()
+    width = variants.shape[1]
+
+    def owners_apart(q: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return root[contents[q // width]] != root[contents[h]]
+
+    for qi, hj in iter_pairs_across(flat, ph, VARIANT_RADIUS, chunk=CHUNK, wanted=owners_apart):
+        owner = qi // width
+        mine = owner != hj
+        distance = popcount(flat[qi[mine]] ^ ph[hj[mine]]).astype(np.int64)
+        groups.feed(contents[owner[mine]], contents[hj[mine]], 1000 + distance)
+    # A banner: the band-cut variants of the two copies agree, neither with a whole picture.
+    for column in BAND_COLUMNS:
+        band = np.ascontiguousarray(variants[:, column])
+        for i, j in iter_pairs_within(band, VARIANT_RADIUS, chunk=CHUNK, wanted=apart):
+            groups.feed(contents[i], contents[j], 1000 + popcount(band[i] ^ band[j]).astype(np.int64))
+    groups.flush()
