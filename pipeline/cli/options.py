@@ -163,7 +163,7 @@ _RUN_SECTIONS = (
     ),
     cloup.option_group(
         "Processes",
-        click.option("-p", "--procs", type=int, default=None, help="Worker processes. [default: one per core]"),
+        click.option("-p", "--procs", type=int, default=None, help="Worker processes on this machine, or Ray actors under --executor ray. [default: one per core; Ray: one per CPU of the cluster]"),
         click.option("--cpu-threads", type=int, default=1, show_default=True, help="Image threads per process."),
         click.option("--shard-size", type=int, default=500, show_default=True, help="Rows per shard (the unit of resume and of the catalog's done marks; workers receive rows, not shards)."),
     ),
