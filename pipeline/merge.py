@@ -1,6 +1,6 @@
 """Combine the catalogs of static partitions into one: ``pipeline merge OUT``.
 
-A run split with ``--num-workers N --worker-index I`` leaves one catalog per partition,
+A run split with ``--partitions N --partition I`` leaves one catalog per partition,
 ``OUT/catalog-I-of-N.sqlite``, while the image files are shared (content-addressed, so two
 partitions writing the same image write the same bytes to the same name). Partitions own
 disjoint shards (``shard_id % N``), so merging is a union of rows.

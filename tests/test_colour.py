@@ -22,7 +22,7 @@ from PIL import Image, ImageCms
 
 from bench.colour import delta_e
 from bench.photos import display_p3_profile, photo, to_display_p3
-from cli import main
+from pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(180)
 SRGB = ImageCms.createProfile("sRGB")

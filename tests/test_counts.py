@@ -13,7 +13,7 @@ from conftest import jpeg
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from cli import main
+from pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 COMMON = ["--allow-private", "--procs", "1", "-q", "--retries", "0"]

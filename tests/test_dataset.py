@@ -25,7 +25,7 @@ from pytest_httpserver import HTTPServer
 from rawserver import RawServer
 from test_faults_process import cli_cmd, gated_images, run_cli, spawn, wait_until, write_manifest
 
-from cli import main
+from pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 wds = pytest.importorskip("webdataset")

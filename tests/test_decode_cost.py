@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageOps
 
 from bench.photos import photo
-from cli import main
+from pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from conftest import encode, photo
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from cli import main
 from pipeline.catalog import CATALOG_NAME, Catalog
+from pipeline.cli import main
 from pipeline.config import DedupOptions
 from pipeline.dedup import iter_pairs_within, pairs_within, popcount
 from pipeline.dedup.groups import Grouper

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from conftest import encode, photo
 from PIL import Image, ImageDraw
 
-from cli import main
 from pipeline.catalog import CATALOG_NAME
+from pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import encode, photo
 
-from cli import main
 from pipeline.catalog import CATALOG_NAME
+from pipeline.cli import main
 from pipeline.dedup.report import write_report
 
 pytestmark = pytest.mark.timeout(180)

@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from conftest import encode, photo
 from PIL import Image, ImageEnhance
 
-from cli import main
+from pipeline.catalog import CATALOG_NAME
+from pipeline.cli import main
+from pipeline.dedup import dedup
 from pipeline.dedup import groups as dedup_groups
 from pipeline.dedup import pool as dedup_pool
 from pipeline.dedup import search as dedup_search
-from pipeline.catalog import CATALOG_NAME
-from pipeline.dedup import dedup
 from pipeline.dedup.items import smallest_thumbnail
 from pipeline.dedup.thumbcheck import ThumbnailCheck
 

@@ -23,7 +23,7 @@ from PIL import Image
 from pytest_httpserver import HTTPServer
 from test_out_lock import Gate, _finish, _manifest, _start
 
-from cli import main
+from pipeline.cli import main
 
 skimage_data = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.timeout(180)

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from conftest import encode, jpeg, photo, self_signed_tls
 from rawserver import RawServer, Request, reset, response
 
-from cli import main
+from pipeline.cli import main
 from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
 from pipeline.models import FetchResult

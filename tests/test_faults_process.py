@@ -28,7 +28,7 @@ from conftest import jpeg
 from procfs import socket_owner
 from rawserver import RawServer, Request, response
 
-from cli import main
+from pipeline.cli import main
 
 pytestmark = [
     pytest.mark.timeout(120),

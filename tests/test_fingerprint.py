@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import jpeg
 from pytest_httpserver import HTTPServer
 
-from cli import main
+from pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 COMMON = ["--allow-private", "--procs", "1", "-q", "--retries", "0"]

@@ -19,8 +19,8 @@ import skimage.data
 from click.testing import CliRunner, Result
 from PIL import Image, ImageOps
 
-from cli import main
 from pipeline.catalog import Catalog
+from pipeline.cli import main
 from pipeline.config import ProcessOptions
 from pipeline.image.process import process_image
 from pipeline.store import Store

@@ -25,7 +25,7 @@ import skimage.data as skdata  # real photographs in scikit-image's wheel (the t
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
+from pipeline.cli import main
 from pipeline.config import DEFAULT_FORMATS, ProcessOptions
 from pipeline.errors import ErrorClass, ItemError
 from pipeline.image.process import process_image

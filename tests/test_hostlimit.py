@@ -31,7 +31,7 @@ from procfs import socket_owner
 from rawserver import RawServer, Request, response
 from test_faults_process import descendants
 
-from cli import main
+from pipeline.cli import main
 from pipeline.config import FetchOptions, RunConfig
 from pipeline.errors import UsageError
 from pipeline.models import FetchResult, Shard

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from pipeline.cli import main
 from pipeline.manifest import open_manifest, read_rows
 from pipeline.schedule import hostsort
 from pipeline.schedule.hostsort import host_key

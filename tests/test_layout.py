@@ -25,7 +25,7 @@ from pytest_httpserver import HTTPServer
 from test_run import _wait_for_shards
 from werkzeug import Request, Response
 
-from cli import main
+from pipeline.cli import main
 from pipeline.layout import IMAGE_EXTS, Namer, safe_stem
 from pipeline.models import ManifestRow
 

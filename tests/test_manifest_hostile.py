@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import jpeg
 from pytest_httpserver import HTTPServer
 
-from cli import main
+from pipeline.cli import main
 from pipeline.errors import ErrorClass, ManifestError, ManifestTruncated
 from pipeline.manifest import open_manifest, read_rows
 from pipeline.models import Shard

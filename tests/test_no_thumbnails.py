@@ -12,7 +12,7 @@ from conftest import encode, jpeg, photo
 from PIL import Image
 from pytest_httpserver import HTTPServer
 
-from cli import main
+from pipeline.cli import main
 from pipeline.config import ProcessOptions
 from pipeline.errors import ErrorClass, ItemError
 from pipeline.image.process import process_image

@@ -21,7 +21,7 @@ from conftest import jpeg
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from cli import main
+from pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cluster_helpers import catalog_rows, serve_manifest, shard_counts, stored_files
 from pytest_httpserver import HTTPServer
 
-from cli import main
+from pipeline.cli import main
 from pipeline.errors import UsageError
 from pipeline.merge import find_partitions
 

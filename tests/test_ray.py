@@ -23,7 +23,7 @@ from procfs import socket_owner
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from cli import main
+from pipeline.cli import main
 from pipeline.runner import RunSummary, run
 
 ray = pytest.importorskip("ray")

@@ -28,7 +28,7 @@ from cluster_helpers import catalog_rows, serve_manifest, stored_files
 from conftest import jpeg
 from pytest_httpserver import HTTPServer
 
-from cli import main
+from pipeline.cli import main
 from pipeline.errors import StorageError
 from pipeline.store import open_store
 

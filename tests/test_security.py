@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import encode, jpeg, photo
 from rawserver import RawServer, Request, response
 
-from cli import main
+from pipeline.cli import main
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import jpeg, photo
 from PIL import Image
 
-from cli import main
+from pipeline.cli import main
 from pipeline.config import ProcessOptions
 from pipeline.store import Store
 
