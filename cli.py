@@ -4,7 +4,7 @@ This is the only module that imports click. Library errors become a one-line
 ``Error: …`` and an exit code here, in one place:
 
   0    done
-  1    internal error (a bug: please report it with the traceback from --debug), OUT
+  1    internal error (a bug: please report it with the traceback it prints), OUT
        cannot be written, or the manifest is cut short (rows before the cut are committed)
   2    usage error, unreadable manifest, a refused resume, OUT in use by another run, or
        workers that die while starting (run() from a script without the __main__ guard)
@@ -32,7 +32,7 @@ from typing import Any
 import click
 
 from pipeline import __version__
-from pipeline.catalog import Catalog, locate
+from pipeline.catalog import Catalog
 from pipeline.config import (
     DEFAULT_FORMATS,
     DEFAULT_USER_AGENT,
@@ -48,6 +48,7 @@ from pipeline.config import (
 )
 from pipeline.errors import PipelineError, UsageError
 from pipeline.export import FORMATS, export
+from pipeline.locate import find_run
 from pipeline.manifest import open_manifest
 from pipeline.merge import merge
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
@@ -243,17 +244,23 @@ def run_command(
         sys.exit(EXIT_FAILURES)
 
 
+# Every command that reads a run names it the same ways: OUT, OUT --catalog FILE, or (where
+# only the catalog is read) the catalog FILE alone; pipeline/locate.py finds it.
+_catalog_option = click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), help="The run's catalog file, when its run was given --catalog. [default: OUT/catalog.sqlite; required when OUT is a URL]")
+
+
 @main.command("status")
-@click.argument("out", type=click.Path(exists=True, path_type=Path))
+@click.argument("out")
+@_catalog_option
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @_handle_errors
-def status_command(out: Path, as_json: bool) -> None:
+def status_command(out: str, catalog: Path | None, as_json: bool) -> None:
     """Counts by status and error class, and shards done, for the run in OUT.
 
-    OUT is the run's folder, or its catalog file (for a run whose --out was a URL).
+    OUT is the run's folder or fsspec URL (with --catalog), or its catalog file.
     """
-    with Catalog(locate(out), readonly=True) as catalog:
-        s = catalog.summary()
+    with Catalog(find_run(out, catalog).catalog, readonly=True) as db:
+        s = db.summary()
     if as_json:
         click.echo(json.dumps({
             "rows": s.rows, "by_status": s.by_status, "by_error": s.by_error,
@@ -266,19 +273,22 @@ def status_command(out: Path, as_json: bool) -> None:
 
 
 @main.command("export")
-@click.argument("out", type=click.Path(exists=True, path_type=Path))
+@click.argument("out")
+@_catalog_option
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write. [default: standard output]")
 @click.option("--unique", is_flag=True, help="One row per distinct image: group representatives and ungrouped images (after `pipeline dedup`).")
 @click.option("--samples-per-shard", type=int, default=10_000, show_default=True, help="For --format webdataset: samples per tar shard.")
 @_handle_errors
-def export_command(out: Path, fmt: str, output: Path | None, unique: bool, samples_per_shard: int) -> None:
+def export_command(
+    out: str, catalog: Path | None, fmt: str, output: Path | None, unique: bool, samples_per_shard: int
+) -> None:
     """One row per manifest row of the run in OUT, with every column the catalog holds.
 
-    OUT is the run's folder, or its catalog file (for a run whose --out was a URL).
+    OUT is the run's folder or fsspec URL (with --catalog), or its catalog file.
     --format webdataset writes the ok rows' images as tar shards into the folder --output.
     """
-    count = export(out, output, format=fmt, unique=unique, samples_per_shard=samples_per_shard)
+    count = export(out, output, format=fmt, unique=unique, samples_per_shard=samples_per_shard, catalog=catalog)
     if output is not None:
         click.echo(f"{count:,} {'samples' if fmt == 'webdataset' else 'rows'} written to {output}", err=True)
 
@@ -335,7 +345,7 @@ _D = DedupOptions()
 
 @main.command("dedup")
 @click.argument("out")
-@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), help="The run's catalog file, when its run was given --catalog. [default: OUT/catalog.sqlite; required when OUT is a URL]")
+@_catalog_option
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Folder for duplicates.csv and duplicates.json. [default: OUT; for a URL OUT, beside the catalog as <catalog stem>.duplicates.csv/.json]")
 @click.option("--max-distance", type=int, default=_D.max_distance, show_default=True, help="pHash bits (of 64) within which two images are compared at all.")
 @click.option("--keep", type=click.Choice(KEEP), default=_D.keep, show_default=True, help="Group representative: most pixels, smallest file, or first row (ties: first row).")
@@ -420,7 +430,7 @@ class _ProgressReporter:
         self.last = now
         line = (
             f"{p.rows:,} rows  {p.rate():,.0f} rows/s  {p.bytes / 1e6 / max(p.elapsed, 1e-9):,.1f} MB/s  "
-            f"ok {p.ok:,}  failed {p.failed:,}  shards {p.shards_done + p.shards_skipped:,}"
+            f"ok {p.ok:,}  failed {p.not_ok:,}  shards {p.shards_done + p.shards_skipped:,}"
         )
         if p.fraction is not None:
             line = f"{_bar(p.fraction)} {p.fraction:4.0%}  {_eta(p)}  {line}"

@@ -10,16 +10,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
+from pipeline import locate
+from pipeline.catalog import Catalog
+from pipeline.config import FetchOptions, ProcessOptions, RunConfig
 from pipeline.dataset import DatasetWriter, check_caption, files_root
 from pipeline.errors import PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.limits import fit_open_files
 from pipeline.manifest import ManifestSpec, count_rows, default_out, extra_columns, open_manifest
-from pipeline.models import Status
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.runner.commits import Commits
-from pipeline.runner.progress import Progress, ProgressCallback, RunSummary
+from pipeline.runner.progress import Progress, ProgressCallback, RunSummary, failure_rate
 from pipeline.runner.resume import WholeManifest, check_fingerprint, settle_layout
 from pipeline.runner.todo import Cut, todo, work_batches
 from pipeline.schedule.executors import LocalExecutor, RowExecutor
@@ -176,23 +176,10 @@ def _run_locked(
 
 
 def catalog_path(config: RunConfig) -> Path:
-    """Where the driver keeps the catalog: always a local file, never on an object store.
-
-    ``--catalog`` if given; else beside OUT: ``OUT/catalog.sqlite``, or
-    ``OUT/catalog-<i>-of-<n>.sqlite`` for a static partition (``pipeline merge`` combines them).
-    """
-    if str(config.out).startswith("memory://"):
-        # fsspec's memory filesystem lives inside one process: worker processes would write
-        # into their own memory and the files would vanish while the catalog lists them.
-        raise UsageError("--out memory://… is private to each process; use a folder or s3://, gs://")
-    if config.catalog is not None:
-        return config.catalog
-    if is_url(config.out):
-        raise UsageError(f"--out {config.out} is not a local folder: give --catalog PATH for the SQLite catalog")
-    assert isinstance(config.out, Path)
-    if config.partition is not None:
-        return config.out / f"catalog-{config.partition}.sqlite"
-    return config.out / CATALOG_NAME
+    """Where the driver keeps the catalog: always a local file, never on an object store
+    (``locate.catalog_path``: ``--catalog``, else ``OUT/catalog.sqlite`` or a partition's
+    ``OUT/catalog-<i>-of-<n>.sqlite``, which ``pipeline merge`` combines)."""
+    return locate.catalog_path(config.out, config.catalog, partition=config.partition, flag="--out ")
 
 
 def _make_out(out: Path) -> None:
@@ -216,8 +203,6 @@ def _estimate_total_in_background(spec: ManifestSpec, progress: Progress) -> Non
 
 def _summary(catalog: Catalog, config: RunConfig, progress: Progress) -> RunSummary:
     s = catalog.summary()
-    # A row the manifest made unusable failed just as surely as a 404.
-    failed = s.by_status.get(Status.FAILED.value, 0) + s.by_status.get(Status.INVALID.value, 0)
     return RunSummary(
         out=config.out,
         catalog=catalog.path,
@@ -227,5 +212,5 @@ def _summary(catalog: Catalog, config: RunConfig, progress: Progress) -> RunSumm
         shards_done=s.shards_done,
         shards_total=s.shards_total,
         this_run=progress,
-        failure_rate=failed / s.rows if s.rows else 0.0,
+        failure_rate=failure_rate(s.by_status),
     )

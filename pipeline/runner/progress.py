@@ -1,4 +1,11 @@
-"""The counts a run reports: ``Progress`` while it runs (after every commit), ``RunSummary`` at its end."""
+"""The counts a run reports: ``Progress`` while it runs (after every commit), ``RunSummary`` at its end.
+
+One name per count: ``ok`` rows have status ``ok``; ``not_ok`` rows are every other status
+(``failed``, ``invalid``, ``opted_out``); ``failure_rate`` is the share of ``FAILURES``
+(``failed`` or ``invalid``: an opted-out row was honoured, not failed), what
+``--max-failure-rate`` bounds. ``Status.FAILED`` itself is the status of a row that was
+tried and could not be fetched or processed.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +40,8 @@ class Progress:
         return self.by_status[Status.OK.value]
 
     @property
-    def failed(self) -> int:
+    def not_ok(self) -> int:
+        """Rows of any status but ``ok``: failed, invalid or opted out."""
         return self.rows - self.ok
 
     @property
@@ -58,7 +66,7 @@ class RunSummary:
     shards_done: int
     shards_total: int | None
     this_run: Progress
-    failure_rate: float
+    failure_rate: float  # share of the catalog's rows whose status is in FAILURES
 
     @property
     def complete(self) -> bool:
@@ -66,6 +74,15 @@ class RunSummary:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+# A row the manifest made unusable failed just as surely as a 404.
+FAILURES = frozenset({Status.FAILED.value, Status.INVALID.value})
+
+
+def failure_rate(by_status: dict[str, int]) -> float:
+    """The share of rows whose status is in ``FAILURES``."""
+    rows = sum(by_status.values())
+    return sum(n for status, n in by_status.items() if status in FAILURES) / rows if rows else 0.0
 
 
 def count_items(progress: Progress, items: list[ItemResult], shards_done: int) -> None:
