@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,13 +45,14 @@ from pipeline.config import (
     ProcessOptions,
     parse_size,
 )
+from pipeline.display import ProgressDisplay
 from pipeline.errors import PipelineError, UsageError
 from pipeline.export import FORMATS, export
 from pipeline.locate import find_run
 from pipeline.manifest import open_manifest
 from pipeline.merge import merge
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
-from pipeline.runner import Progress, RunSummary, run
+from pipeline.runner import RunSummary, run
 from pipeline.schedule.executors import EXECUTORS, make_executor
 from pipeline.schedule.hostsort import group_by_host
 
@@ -228,11 +228,9 @@ def run_command(
         executor, procs=options.get("procs"), ray_address=ray_address
     )
     _show_library_warnings()
-    reporter = None if quiet else _ProgressReporter()
-    with _second_interrupt_exits():
-        summary = run(manifest, out=out, on_progress=reporter, executor=engine, **options)
-    if reporter is not None:
-        reporter.finish()
+    display = None if quiet else ProgressDisplay()
+    with _second_interrupt_exits(), display or contextlib.nullcontext():
+        summary = run(manifest, out=out, on_progress=display, executor=engine, **options)
     if not quiet:
         _print_summary(summary)
     if summary.failure_rate > options["max_failure_rate"]:
@@ -413,45 +411,6 @@ def _out_locked(out: Path | None, catalog: Path | None = None) -> contextlib.Exi
 
 
 # --- output helpers --------------------------------------------------------------------------
-
-
-class _ProgressReporter:
-    """A live line on a terminal; a plain line every ``every`` seconds otherwise (logs, CI)."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.tty = sys.stderr.isatty()
-        self.every = every
-        self.last = 0.0
-
-    def __call__(self, p: Progress) -> None:
-        now = time.monotonic()
-        if not self.tty and now - self.last < self.every:
-            return
-        self.last = now
-        line = (
-            f"{p.rows:,} rows  {p.rate():,.0f} rows/s  {p.bytes / 1e6 / max(p.elapsed, 1e-9):,.1f} MB/s  "
-            f"ok {p.ok:,}  failed {p.not_ok:,}  shards {p.shards_done + p.shards_skipped:,}"
-        )
-        if p.fraction is not None:
-            line = f"{_bar(p.fraction)} {p.fraction:4.0%}  {_eta(p)}  {line}"
-        click.echo(f"\r{line}\x1b[K" if self.tty else line, err=True, nl=not self.tty)
-
-    def finish(self) -> None:
-        if self.tty and self.last:
-            click.echo("", err=True)
-
-
-def _bar(fraction: float, width: int = 24) -> str:
-    filled = round(fraction * width)
-    return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-def _eta(p: Progress) -> str:
-    rate = p.rate()
-    if rate <= 0 or p.rows_total is None:
-        return "ETA ?"
-    left = max(0, p.rows_total - p.rows_before - p.rows) / rate
-    return f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
 def _print_summary(s: RunSummary) -> None:
