@@ -145,13 +145,6 @@ def _item_values(item: ItemResult, shard_id: int, now: float) -> tuple[Any, ...]
     )  # fmt: skip
 
 
-def locate(out_or_file: str | Path) -> Path:
-    """The catalog of a run: OUT/catalog.sqlite, or the file itself when given one
-    (a run with ``--out s3://…`` keeps its catalog wherever ``--catalog`` put it)."""
-    path = Path(out_or_file)
-    return path if path.is_file() else path / CATALOG_NAME
-
-
 class Catalog:
     """The run's SQLite file. Use as a context manager, or call ``close()``."""
 

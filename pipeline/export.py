@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.catalog import ITEM_COLUMNS, Catalog, locate
+from pipeline.catalog import ITEM_COLUMNS, Catalog
 from pipeline.config import size_order
 from pipeline.errors import UsageError
+from pipeline.locate import RunPlace, find_run
 
 FORMATS = ("csv", "jsonl", "parquet", "webdataset")
 _INTERNAL = ("shard_id", "thumbnails", "extra", "updated_at")
@@ -35,8 +36,12 @@ def export(
     format: str = "csv",
     unique: bool = False,
     samples_per_shard: int = 10_000,
+    catalog: str | Path | None = None,
 ) -> int:
     """Write the catalog of ``out`` to ``dest`` (``None`` or ``-``: standard output).
+
+    ``out`` and ``catalog`` (the run's ``--catalog``) name the run as every command does
+    (``locate.find_run``: OUT, OUT and its catalog, or the catalog file alone).
 
     ``unique``: only one row per distinct image (needs ``pipeline dedup`` first).
     ``webdataset``: the ok rows as tar shards in the folder (or fsspec URL) ``dest``.
@@ -44,13 +49,14 @@ def export(
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
-    with Catalog(locate(out), readonly=True) as catalog:
-        if unique and catalog.get_meta("dedup") is None:
+    place = find_run(out, catalog)
+    with Catalog(place.catalog, readonly=True) as db:
+        if unique and db.get_meta("dedup") is None:
             raise UsageError(f"--unique needs duplicate groups: run `pipeline dedup {out}` first")
         if format == "webdataset":
-            return _export_dataset(catalog, out, dest, unique=unique, per_shard=samples_per_shard)
-        columns = export_columns(catalog)
-        records = (flatten(row, columns) for row in catalog.iter_items(_UNIQUE if unique else ""))
+            return _export_dataset(db, place, dest, unique=unique, per_shard=samples_per_shard)
+        columns = export_columns(db)
+        records = (flatten(row, columns) for row in db.iter_items(_UNIQUE if unique else ""))
         if format == "parquet":
             if dest is None or str(dest) == "-":
                 raise UsageError("Parquet goes to a file: give --output FILE")
@@ -61,7 +67,7 @@ def export(
             return _write_text(records, columns, f, format)
 
 
-def _export_dataset(catalog: Catalog, out: str | Path, dest: str | Path | None, *, unique: bool, per_shard: int) -> int:
+def _export_dataset(catalog: Catalog, place: RunPlace, dest: str | Path | None, *, unique: bool, per_shard: int) -> int:
     from pipeline.dataset import export_dataset  # it builds on this module
 
     if dest is None or str(dest) == "-":
@@ -70,7 +76,7 @@ def _export_dataset(catalog: Catalog, out: str | Path, dest: str | Path | None, 
         raise UsageError("--samples-per-shard must be at least 1")
     # The images: the run's files (OUT), or for an object-store run the local folder its
     # workers wrote (recorded in the catalog by the run).
-    root = Path(catalog.get_meta("files_root") or (Path(out).parent if Path(out).is_file() else out))
+    root = Path(catalog.get_meta("files_root") or (place.catalog.parent if place.remote else place.out))
     if not root.is_dir():
         raise UsageError(f"no image files at {root}: give the run's OUT folder")
     options = (catalog.get_meta("fingerprint") or {}).get("options", {})

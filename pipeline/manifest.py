@@ -33,7 +33,6 @@ from pipeline.models import ManifestRow
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 )
-KINDS = ("csv", "tsv", "txt", "jsonl", "parquet", "dir")
 _SUFFIX_KIND = {
     ".csv": "csv",
     ".tsv": "tsv",

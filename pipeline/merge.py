@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import CATALOG_NAME, ITEM_COLUMNS, Catalog
+from pipeline.catalog import ITEM_COLUMNS, Catalog
 from pipeline.errors import ResumeRefused, UsageError
+from pipeline.locate import catalog_path
 
 PARTITION_FILE = re.compile(r"catalog-(\d+)-of-(\d+)\.sqlite")
 _SHARD_COLUMNS = "shard_id, rows, ok, failed, fetched, bytes, elapsed_s, worker_pid, done_at"
@@ -66,7 +67,7 @@ def merge(folder: str | Path, *, output: str | Path | None = None) -> MergeRepor
     """Merge the partition catalogs in ``folder`` into ``output`` (default ``folder/catalog.sqlite``)."""
     folder = Path(folder)
     n, parts = find_partitions(folder)
-    target = Path(output) if output is not None else folder / CATALOG_NAME
+    target = catalog_path(folder, output)  # the catalog a whole run of the folder reads
     metas = {index: _read_meta(path, index, n) for index, path in sorted(parts.items())}
     fingerprint = _same_fingerprint(metas, folder)
     incomplete = tuple(

@@ -101,7 +101,6 @@ class FsspecStore(Store):
         self,
         url: str,
         *,
-        fsync: bool = False,
         max_uploads: int = MAX_UPLOADS,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
     ) -> None:
@@ -117,14 +116,10 @@ class FsspecStore(Store):
         self._local = threading.local()  # .pending: this thread's uploads since uploads()
         self._threads: ThreadPoolExecutor | None = None
         # Root stays a Path so inherited helpers keep their types; nothing is written there.
-        super().__init__(Path(tempfile.gettempdir()), fsync=fsync)
+        super().__init__(Path(tempfile.gettempdir()))
 
     def path(self, rel: str) -> Path:
-        raise TypeError("an object store has no local paths; use url_of(rel)")
-
-    def url_of(self, rel: str) -> str:
-        """The full URL of a store-made relative path (refuses anything escaping OUT)."""
-        return f"{self.url}/{self._rel(rel)}"
+        raise TypeError("an object store has no local paths")
 
     def _rel(self, rel: str) -> str:
         pure = PurePosixPath(rel)

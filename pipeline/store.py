@@ -30,11 +30,10 @@ under a valid name. Because a name is a content hash, an existing target already
 right bytes and is never rewritten; two workers racing on the same content both rename
 identical bytes, which is harmless.
 
-Durability: no fsync by default. The rename already protects against the failures we see
-(crash, kill -9, OOM killer); only a kernel crash or power loss before writeback could leave
-an empty file under a final name, and an fsync per thumbnail costs a journal flush each, at
-thousands of files per second. Pass ``fsync=True`` where that trade is wrong (e.g. a
-network filesystem you cannot re-run against).
+Durability: no fsync. The rename already protects against the failures we see (crash,
+kill -9, OOM killer); only a kernel crash or power loss before writeback could leave an
+empty file under a final name, and an fsync per thumbnail costs a journal flush each, at
+thousands of files per second.
 
 Errors: ``OSError`` meaning "OUT cannot be written" (disk full, quota, read-only,
 permissions) becomes ``StorageError``, which is fatal for the run since every later item
@@ -118,11 +117,10 @@ class Store:
     Thread-safe and cheap to construct; it holds no open files. Create one per process.
     """
 
-    __slots__ = ("_made_dirs", "_tmp", "fsync", "root")
+    __slots__ = ("_made_dirs", "_tmp", "root")
 
-    def __init__(self, root: Path, *, fsync: bool = False, temp: str = TMP_DIR) -> None:
+    def __init__(self, root: Path, *, temp: str = TMP_DIR) -> None:
         self.root = Path(root)
-        self.fsync = fsync
         self._tmp = self.root / temp
         # Folders known to exist: saves a mkdir syscall per file. A set is safe to share
         # between threads here (worst case two threads both mkdir with exist_ok).
@@ -173,9 +171,6 @@ class Store:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
-                    if self.fsync:
-                        f.flush()
-                        os.fsync(f.fileno())
                 self._commit(tmp, target)
             except BaseException:
                 _unlink_quietly(tmp)
@@ -195,8 +190,6 @@ class Store:
             tmp = self._new_temp(target.suffix)
             try:
                 yield tmp
-                if self.fsync:
-                    _fsync_file(tmp)
                 self._commit(tmp, target)
             except BaseException:
                 _unlink_quietly(tmp)
@@ -216,8 +209,6 @@ class Store:
             tmp = self._new_temp(targets[0].suffix)
             try:
                 yield tmp
-                if self.fsync:
-                    _fsync_file(tmp)
                 for target in targets[1:]:
                     self._commit(self._link_temp(tmp), target)
                 self._commit(tmp, targets[0])
@@ -308,14 +299,6 @@ class Store:
             if reason is None:
                 raise
             raise StorageError(f"cannot write to {folder}: {reason} ({exc.strerror or exc})") from exc
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -79,7 +79,7 @@ def test_duplicates_json_uses_keys_when_they_are_unique(tmp_path: Path, server: 
 def test_a_folder_without_a_catalog_is_a_usage_error(tmp_path: Path, command: str) -> None:
     result = _invoke(command, str(tmp_path))
     assert result.exit_code == 2, result.output
-    hint = " (a run with --catalog elsewhere: give the same --catalog)" if command == "dedup" else ""
+    hint = " (a run with --catalog elsewhere: give the same --catalog)"  # each takes --catalog (locate.py)
     assert result.output == (
         f"Error: no catalog at {tmp_path / 'catalog.sqlite'}: is this a pipeline output folder?{hint}\n"
     )

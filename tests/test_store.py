@@ -77,16 +77,6 @@ def test_write_bytes_writes_and_leaves_no_temp(tmp_path: Path) -> None:
     assert _tmp_entries(tmp_path) == []
 
 
-def test_write_bytes_with_fsync(tmp_path: Path) -> None:
-    store = Store(tmp_path, fsync=True)
-    rel = store.original_relpath(SHA, "jpg")
-    store.write_bytes(rel, b"durable")
-    with store.atomic_path(store.thumb_relpath(SHA, 64, "png")) as tmp:
-        tmp.write_bytes(b"png")
-    assert (tmp_path / rel).read_bytes() == b"durable"
-    assert _tmp_entries(tmp_path) == []
-
-
 def test_existing_target_is_not_rewritten(tmp_path: Path) -> None:
     store = Store(tmp_path)
     rel = store.original_relpath(SHA, "jpg")
@@ -158,8 +148,8 @@ def test_store_recovers_when_a_cached_folder_is_removed(tmp_path: Path) -> None:
 
 
 def test_store_pickles(tmp_path: Path) -> None:
-    store = pickle.loads(pickle.dumps(Store(tmp_path, fsync=True)))
-    assert store.root == tmp_path and store.fsync
+    store = pickle.loads(pickle.dumps(Store(tmp_path)))
+    assert store.root == tmp_path
 
 
 # -- errors ----------------------------------------------------------------------------------

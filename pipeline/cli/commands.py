@@ -12,12 +12,14 @@ import click
 import cloup
 
 from pipeline import __version__
-from pipeline.catalog import Catalog, locate
+from pipeline.catalog import Catalog
 from pipeline.cli.exits import EXIT_FAILURES, handle_errors, quiet_when_reader_leaves, second_interrupt_exits
-from pipeline.cli.options import dedup_options, manifest_columns, run_options
-from pipeline.cli.output import ProgressReporter, print_counts, print_summary, show_library_warnings
+from pipeline.cli.options import catalog_option, dedup_options, manifest_columns, run_options
+from pipeline.cli.output import print_counts, print_summary, show_library_warnings
 from pipeline.config import DedupOptions
+from pipeline.display import ProgressDisplay
 from pipeline.export import FORMATS, export
+from pipeline.locate import find_run
 from pipeline.manifest import open_manifest
 from pipeline.merge import merge
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
@@ -66,11 +68,9 @@ def run_command(
         executor, procs=options.get("procs"), ray_address=ray_address
     )
     show_library_warnings()
-    reporter = None if quiet else ProgressReporter()
-    with second_interrupt_exits():
-        summary = run(manifest, out=out, on_progress=reporter, executor=engine, **options)
-    if reporter is not None:
-        reporter.finish()
+    display = None if quiet else ProgressDisplay()
+    with second_interrupt_exits(), display or contextlib.nullcontext():
+        summary = run(manifest, out=out, on_progress=display, executor=engine, **options)
     if not quiet:
         print_summary(summary)
     if summary.failure_rate > options["max_failure_rate"]:
@@ -83,16 +83,17 @@ def run_command(
 
 
 @main.command("status")
-@click.argument("out", type=click.Path(exists=True, path_type=Path))
+@click.argument("out")
+@catalog_option
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @handle_errors
-def status_command(out: Path, as_json: bool) -> None:
+def status_command(out: str, catalog: Path | None, as_json: bool) -> None:
     """Counts by status and error class, and shards done, for the run in OUT.
 
-    OUT is the run's folder, or its catalog file (for a run whose --out was a URL).
+    OUT is the run's folder or fsspec URL (with --catalog), or its catalog file.
     """
-    with Catalog(locate(out), readonly=True) as catalog:
-        s = catalog.summary()
+    with Catalog(find_run(out, catalog).catalog, readonly=True) as db:
+        s = db.summary()
     if as_json:
         click.echo(json.dumps({
             "rows": s.rows, "by_status": s.by_status, "by_error": s.by_error,
@@ -105,19 +106,22 @@ def status_command(out: Path, as_json: bool) -> None:
 
 
 @main.command("export")
-@click.argument("out", type=click.Path(exists=True, path_type=Path))
+@click.argument("out")
+@catalog_option
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write. [default: standard output]")
 @click.option("--unique", is_flag=True, help="One row per distinct image: group representatives and ungrouped images (after `pipeline dedup`).")
 @click.option("--samples-per-shard", type=int, default=10_000, show_default=True, help="For --format webdataset: samples per tar shard.")
 @handle_errors
-def export_command(out: Path, fmt: str, output: Path | None, unique: bool, samples_per_shard: int) -> None:
+def export_command(
+    out: str, catalog: Path | None, fmt: str, output: Path | None, unique: bool, samples_per_shard: int
+) -> None:
     """One row per manifest row of the run in OUT, with every column the catalog holds.
 
-    OUT is the run's folder, or its catalog file (for a run whose --out was a URL).
+    OUT is the run's folder or fsspec URL (with --catalog), or its catalog file.
     --format webdataset writes the ok rows' images as tar shards into the folder --output.
     """
-    count = export(out, output, format=fmt, unique=unique, samples_per_shard=samples_per_shard)
+    count = export(out, output, format=fmt, unique=unique, samples_per_shard=samples_per_shard, catalog=catalog)
     if output is not None:
         click.echo(f"{count:,} {'samples' if fmt == 'webdataset' else 'rows'} written to {output}", err=True)
 

@@ -187,12 +187,17 @@ def run_options(command: F) -> F:
     return _apply(_RUN_SECTIONS, _fold_partitions(command))
 
 
+# Every command that reads a run names it the same ways: OUT, OUT --catalog FILE, or (where
+# only the catalog is read) the catalog FILE alone; pipeline/locate.py finds it.
+catalog_option = click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), help="The run's catalog file, when its run was given --catalog. [default: OUT/catalog.sqlite; required when OUT is a URL]")
+
+
 # --- dedup -------------------------------------------------------------------------------------
 
 _DEDUP_SECTIONS = (
     cloup.option_group(
         "Input and output",
-        click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), help="The run's catalog file, when its run was given --catalog. [default: OUT/catalog.sqlite; required when OUT is a URL]"),
+        catalog_option,
         click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Folder for duplicates.csv and duplicates.json. [default: OUT; for a URL OUT, beside the catalog as <catalog stem>.duplicates.csv/.json]"),
         click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static HTML page of the groups to FILE (for a URL OUT, with local copies of the thumbnails shown in FILE's folder, <name>_files/)."),
     ),

@@ -1,14 +1,12 @@
-"""What the commands print: the progress line, a run's summary, counts, library warnings."""
+"""What the commands print: a run's summary, counts, library warnings (the progress: pipeline/display.py)."""
 
 from __future__ import annotations
 
 import logging
-import sys
-import time
 
 import click
 
-from pipeline.runner import Progress, RunSummary
+from pipeline.runner import RunSummary
 
 
 class _EchoWarnings(logging.Handler):
@@ -26,45 +24,6 @@ def show_library_warnings() -> None:
     if _WARNINGS not in logger.handlers:
         logger.addHandler(_WARNINGS)
         logger.propagate = False
-
-
-class ProgressReporter:
-    """A live line on a terminal; a plain line every ``every`` seconds otherwise (logs, CI)."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.tty = sys.stderr.isatty()
-        self.every = every
-        self.last = 0.0
-
-    def __call__(self, p: Progress) -> None:
-        now = time.monotonic()
-        if not self.tty and now - self.last < self.every:
-            return
-        self.last = now
-        line = (
-            f"{p.rows:,} rows  {p.rate():,.0f} rows/s  {p.bytes / 1e6 / max(p.elapsed, 1e-9):,.1f} MB/s  "
-            f"ok {p.ok:,}  failed {p.failed:,}  shards {p.shards_done + p.shards_skipped:,}"
-        )
-        if p.fraction is not None:
-            line = f"{_bar(p.fraction)} {p.fraction:4.0%}  {_eta(p)}  {line}"
-        click.echo(f"\r{line}\x1b[K" if self.tty else line, err=True, nl=not self.tty)
-
-    def finish(self) -> None:
-        if self.tty and self.last:
-            click.echo("", err=True)
-
-
-def _bar(fraction: float, width: int = 24) -> str:
-    filled = round(fraction * width)
-    return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-def _eta(p: Progress) -> str:
-    rate = p.rate()
-    if rate <= 0 or p.rows_total is None:
-        return "ETA ?"
-    left = max(0, p.rows_total - p.rows_before - p.rows) / rate
-    return f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
 def print_summary(s: RunSummary) -> None:

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.catalog import CATALOG_NAME, Catalog
-from pipeline.config import CSV_NAME, JSON_NAME, is_url
+from pipeline.catalog import Catalog
+from pipeline.config import CSV_NAME, JSON_NAME
 from pipeline.dedup.items import smallest_thumbnail
 from pipeline.dedup.outputs import iter_grouped
 from pipeline.dedup.thumbcheck import _NO_THUMBS as NO_THUMBS
-from pipeline.errors import DedupError, StorageError, UsageError
+from pipeline.errors import DedupError, StorageError
+from pipeline.locate import find_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,22 +42,8 @@ def run_files(
 
     Raises ``UsageError`` for what cannot be a run, saying what to give instead.
     """
-    remote = is_url(str(out))
-    where: Path | str = str(out).rstrip("/") if remote else Path(out)
-    if remote and catalog is None:
-        raise UsageError(
-            f"{out} is not a local folder: give --catalog PATH, the catalog file its `pipeline run` wrote"
-        )
-    if isinstance(where, Path) and where.is_file():
-        raise UsageError(
-            f"{out} is a file: give the run's OUT (where its thumbnails are) and the catalog as --catalog {out}"
-        )
-    if isinstance(where, Path) and not where.is_dir():
-        raise UsageError(f"no folder {out}: give the run's OUT")
-    path = Path(catalog) if catalog is not None else Path(where) / CATALOG_NAME
-    if not path.is_file():
-        hint = "" if catalog is not None else " (a run with --catalog elsewhere: give the same --catalog)"
-        raise UsageError(f"no catalog at {path}: is this a pipeline output folder?{hint}")
+    place = find_run(out, catalog, needs_out=True)  # locate.py: the usage errors of every command
+    where, path = place.out, place.catalog
     if output is not None:
         folder, prefix = Path(output), ""
     elif isinstance(where, Path):

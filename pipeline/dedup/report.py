@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pipeline.catalog import CATALOG_NAME, Catalog
+from pipeline.catalog import Catalog
 from pipeline.dedup.outputs import iter_grouped
 from pipeline.dedup.thumbcheck import VERSION
 from pipeline.errors import DedupError, StorageError
+from pipeline.locate import catalog_path
 
 PAGE_SIZE = 50
 
@@ -38,7 +39,7 @@ def write_report(
     catalog's thumbnail paths start from, if not OUT (local copies of an object store's).
     """
     dest = Path(dest)
-    source = Path(catalog) if catalog is not None else Path(out) / CATALOG_NAME
+    source = catalog_path(out, catalog)
     with Catalog(source, readonly=True) as catalog_:
         if catalog_.get_meta("dedup") is None:
             raise DedupError(f"no duplicate groups in {out} yet: run `pipeline dedup {out}` first")

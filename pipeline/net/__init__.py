@@ -11,7 +11,7 @@ One job per module, roughly in the order a URL meets them::
     retry.py      full-jitter backoff, Retry-After, each host's cool-down
     budget.py     the body budget of a process (BodyLease)
     headers.py    Retry-After, X-Robots-Tag, Content-Type
-    outcome.py    what one attempt got (_Progress, _Outcome)
+    outcome.py    what one attempt got (_Reached, _AttemptResult)
     errors.py     failures as data: an exception or HTTP status -> ErrorClass and message
 
 aiohttp is imported here only, at run time by session.py and errors.py (elsewhere for type

@@ -12,7 +12,7 @@ from pipeline.config import FetchOptions
 from pipeline.errors import ErrorClass
 from pipeline.net.guard import _blocked_in
 from pipeline.net.headers import parse_retry_after
-from pipeline.net.outcome import _Outcome, _Progress
+from pipeline.net.outcome import _AttemptResult, _Reached
 
 _RETRY_STATUSES = frozenset({408, 429})
 
@@ -30,13 +30,13 @@ class _CoolingDown(Exception):
         self.seconds = seconds
 
 
-def _status_outcome(resp: aiohttp.ClientResponse, progress: _Progress) -> _Outcome:
+def _status_outcome(resp: aiohttp.ClientResponse, progress: _Reached) -> _AttemptResult:
     status = resp.status
     # The standard phrase, not the server's reason: messages stay the same across servers
     # (werkzeug says "NOT FOUND") and a hostile reason line cannot flood the catalog.
     message = f"HTTP {status} {_phrase(status) or _short(resp.reason or '', 40)}".rstrip()
     if status in _RETRY_STATUSES or status >= 500:
-        return _Outcome(
+        return _AttemptResult(
             progress,
             error_class=ErrorClass.HTTP_5XX if status >= 500 else ErrorClass.HTTP_4XX,
             error_message=message,
@@ -44,36 +44,36 @@ def _status_outcome(resp: aiohttp.ClientResponse, progress: _Progress) -> _Outco
             retry_after=parse_retry_after(resp.headers.get("Retry-After")),
         )
     if 400 <= status < 500:
-        return _Outcome(progress, error_class=ErrorClass.HTTP_4XX, error_message=message)
+        return _AttemptResult(progress, error_class=ErrorClass.HTTP_4XX, error_message=message)
     if 300 <= status < 400:
         # aiohttp follows 301/302/303/307/308 itself; what reaches us is 300/304/... or a
         # redirect without Location.
         if "Location" not in resp.headers and status in (301, 302, 303, 307, 308):
             message += " without a Location header"
-        return _Outcome(progress, error_class=ErrorClass.REDIRECT, error_message=message)
-    return _Outcome(progress, error_class=ErrorClass.INTERNAL, error_message=f"unexpected {message}")
+        return _AttemptResult(progress, error_class=ErrorClass.REDIRECT, error_message=message)
+    return _AttemptResult(progress, error_class=ErrorClass.INTERNAL, error_message=f"unexpected {message}")
 
 
-def _too_large(progress: _Progress, options: FetchOptions, detail: str) -> _Outcome:
-    return _Outcome(
+def _too_large(progress: _Reached, options: FetchOptions, detail: str) -> _AttemptResult:
+    return _AttemptResult(
         progress,
         error_class=ErrorClass.TOO_LARGE,
         error_message=f"body larger than {_size(options.max_bytes)} ({detail})",
     )
 
 
-def _classify(exc: Exception, progress: _Progress, options: FetchOptions, *, deadline_hit: bool) -> _Outcome:
+def _classify(exc: Exception, progress: _Reached, options: FetchOptions, *, deadline_hit: bool) -> _AttemptResult:
     """Translate one exception; order matters because aiohttp's classes inherit widely."""
 
-    def fail(error_class: ErrorClass, message: str, *, retry: bool = False) -> _Outcome:
-        return _Outcome(progress, error_class=error_class, error_message=message, retry=retry)
+    def fail(error_class: ErrorClass, message: str, *, retry: bool = False) -> _AttemptResult:
+        return _AttemptResult(progress, error_class=error_class, error_message=message, retry=retry)
 
     if blocked := _blocked_in(exc):
         return fail(ErrorClass.BLOCKED, blocked.strerror or str(blocked))
     if isinstance(exc, _RedirectRefused):
         return fail(ErrorClass.REDIRECT, str(exc))
     if isinstance(exc, _CoolingDown):
-        return _Outcome(progress, retry=True, retry_after=exc.seconds, deferred=True)
+        return _AttemptResult(progress, retry=True, retry_after=exc.seconds, deferred=True)
     if isinstance(exc, aiohttp.TooManyRedirects):
         if exc.history:
             progress.final_url = str(exc.history[-1].url)

@@ -59,7 +59,7 @@ from pipeline.net import hostlimit
 from pipeline.net.budget import BodyLease, body_lease
 from pipeline.net.errors import _classify, _short, _status_outcome, _too_large
 from pipeline.net.headers import _host_of, opted_out
-from pipeline.net.outcome import _Outcome, _Progress
+from pipeline.net.outcome import _AttemptResult, _Reached
 from pipeline.net.retry import _Cooldowns, retry_delay
 from pipeline.net.session import _COOLDOWNS, _GATES, _DeadlineRef, _off_the_clock
 
@@ -106,8 +106,8 @@ async def fetch_url(
         try:
             outcome = await _attempt(session, url, options, hop_cooldowns, lease)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: still data, never a crashed shard
-            outcome = _Outcome(
-                _Progress(final_url=url),
+            outcome = _AttemptResult(
+                _Reached(final_url=url),
                 error_class=ErrorClass.INTERNAL,
                 error_message=f"unexpected {type(exc).__name__}: {_short(exc)}",
             )
@@ -142,8 +142,8 @@ async def _attempt(
     options: FetchOptions,
     cooldowns: _Cooldowns | None = None,
     lease: BodyLease | None = None,
-) -> _Outcome:
-    progress = _Progress(final_url=url)
+) -> _AttemptResult:
+    progress = _Reached(final_url=url)
     deadline = asyncio.timeout(options.timeout)
     insecure = bool(options.insecure_hosts) and _host_of(url) in options.insecure_hosts
     gate = _GATES.get(session)
@@ -182,19 +182,19 @@ async def _attempt(
 async def _read_response(
     resp: aiohttp.ClientResponse,
     options: FetchOptions,
-    progress: _Progress,
+    progress: _Reached,
     deadline: asyncio.Timeout,
     lease: BodyLease,
     *,
     keep: bool,
-) -> _Outcome:
+) -> _AttemptResult:
     progress.saw(resp)
     status = resp.status
     if not 200 <= status < 300:
         return _status_outcome(resp, progress)
     if options.respect_opt_out and opted_out(resp.headers.getall("X-Robots-Tag", []), options.user_agent):
         resp.close()  # drop the connection rather than drain a body we must not use
-        return _Outcome(
+        return _AttemptResult(
             progress,
             error_class=ErrorClass.OPTED_OUT,
             error_message="server opted out of AI use (X-Robots-Tag)",
@@ -225,7 +225,7 @@ async def _read_response(
                 await _off_the_clock(deadline, lease.take(len(chunk)))
             chunks.append(chunk)
         kept = keep
-        return _Outcome(progress, body=b"".join(chunks))
+        return _AttemptResult(progress, body=b"".join(chunks))
     finally:
         if not kept:  # a failed read, or a caller that does not hold on to the body
             lease.close()

@@ -1,4 +1,4 @@
-"""What one attempt got: how far it went (``_Progress``) and its body or failure (``_Outcome``)."""
+"""What one attempt got: how far it went (``_Reached``) and its body or failure (``_AttemptResult``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
-class _Progress:
+class _Reached:
     """How far one attempt got; kept so a failure still reports status and final URL."""
 
     final_url: str
@@ -30,10 +30,10 @@ class _Progress:
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome:
+class _AttemptResult:
     """One attempt's result; `retry` says whether another attempt may help."""
 
-    progress: _Progress
+    progress: _Reached
     body: bytes | None = None
     error_class: ErrorClass | None = None
     error_message: str | None = None

@@ -23,7 +23,7 @@ from pipeline.net.guard import AddressPolicy, _Blocked, _Guard
 from pipeline.net.retry import _COOL_DOWN_SLACK_S, _Cooldowns
 
 if TYPE_CHECKING:
-    from pipeline.net.outcome import _Progress
+    from pipeline.net.outcome import _Reached
 
 __all__ = ["make_session"]
 
@@ -146,7 +146,7 @@ class _DeadlineRef:
 
     deadline: asyncio.Timeout
     timeout: float
-    progress: _Progress
+    progress: _Reached
     insecure_hosts: tuple[str, ...] = ()  # set only when this request skips TLS verification
     hold: hostlimit.Hold | None = None  # the host slot of this attempt, with a host table
     cooldowns: _Cooldowns | None = None  # checked for each redirect hop's host

@@ -10,7 +10,7 @@ from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Sta
 
 
 @dataclass(slots=True)
-class _Outcome:
+class _SourceOutcome:
     """What happened to one unique source; shared by every row that names it."""
 
     fetch: FetchResult
@@ -44,7 +44,7 @@ def _status(error_class: ErrorClass | None) -> Status:
     return Status.FAILED
 
 
-def _item(row: ManifestRow, outcome: _Outcome | None, index: int = 0) -> ItemResult:
+def _item(row: ManifestRow, outcome: _SourceOutcome | None, index: int = 0) -> ItemResult:
     if row.invalid is not None or outcome is None:
         return ItemResult(
             row.row, row.key, row.url, Status.INVALID, ErrorClass.INVALID,

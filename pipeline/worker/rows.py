@@ -19,7 +19,7 @@ from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Sha
 from pipeline.net.admission import Admission
 from pipeline.schedule.batches import by_source as group_by_source
 from pipeline.store import NamedStore, Store
-from pipeline.worker.items import _item, _Outcome, failed_items
+from pipeline.worker.items import _item, _SourceOutcome, failed_items
 from pipeline.worker.resources import _admission, _cpu_pool, _session
 
 # aiohttp, Pillow and numpy are imported by the functions that run in the worker, not here:
@@ -103,7 +103,7 @@ async def _one(
     config: RunConfig,
     store: Store,
     pool: ThreadPoolExecutor,
-) -> _Outcome:
+) -> _SourceOutcome:
     # Admission bounds both the requests in flight and the bodies waiting for the CPU, so
     # downloading slows exactly when the CPU is the bottleneck (see admission.py).
     await limit.start_download()
@@ -149,7 +149,7 @@ async def _one(
         cpu_s: float | None = None
         try:
             if fetched.error_class is not None or body is None:
-                return _Outcome(fetched, None, fetched.error_class, fetched.error_message)
+                return _SourceOutcome(fetched, None, fetched.error_class, fetched.error_message)
             work = functools.partial(_process_timed, body, config.process, store)
             loop = asyncio.get_running_loop()
             (image, error_class, message), cpu_s, uploads = await loop.run_in_executor(pool, work)
@@ -163,7 +163,7 @@ async def _one(
     if uploads is not None:  # an object store uploads off the image thread: the row waits here
         await asyncio.wrap_future(uploads)
     named = store.paths if isinstance(store, NamedStore) else None
-    return _Outcome(fetched, image, error_class, message, named)
+    return _SourceOutcome(fetched, image, error_class, message, named)
 
 
 def _without_body(fetched: FetchResult) -> FetchResult:
