@@ -142,3 +142,35 @@ def test_a_copy_with_a_banner_is_found_and_joined(tmp_path: Path) -> None:
         assert f"{seed}_banner.jpg" in groups and f"{seed}_original.jpg" in groups, groups
         assert groups[f"{seed}_banner.jpg"] == groups[f"{seed}_original.jpg"], groups
     assert len({groups[name] for name in groups}) == 2, groups  # the two pictures stay apart
+
+
+def _with_logo(base: Image.Image, corner: str) -> Image.Image:
+    """A bold logo (a white frame round a black square), 24% of the width, 90% opaque."""
+    side = int(base.width * 0.24)
+    logo = Image.new("RGBA", (side, side), (255, 255, 255, 230))
+    ImageDraw.Draw(logo).rectangle((side // 6, side // 6, 5 * side // 6, 5 * side // 6), fill=(0, 0, 0, 230))
+    x = 8 if corner.endswith("left") else base.width - side - 8
+    y = 8 if corner.startswith("top") else base.height - side - 8
+    out = base.convert("RGBA")
+    out.alpha_composite(logo, (x, y))
+    return out.convert("RGB")
+
+
+def test_a_copy_with_a_corner_logo_is_found_and_joined(tmp_path: Path) -> None:
+    """A bold logo in a corner moves the whole picture's pHash past the search radius; the
+    copies are found by their side-cut variants (a quarter off the left or the right)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    corners = {51: "bottom right", 52: "top left"}
+    for seed, corner in corners.items():
+        base = photo(800, 600, seed)
+        (folder / f"{seed}_original.jpg").write_bytes(encode(base, "JPEG", quality=90))
+        (folder / f"{seed}_logo.jpg").write_bytes(encode(_with_logo(base, corner), "JPEG", quality=90))
+    out = tmp_path / "out"
+    _invoke(["run", str(folder), "-o", str(out), "-q", "--procs", "1"])
+    _invoke(["dedup", str(out), "--workers", "1"])
+    groups = _group_of(out)
+    for seed in corners:
+        assert f"{seed}_logo.jpg" in groups and f"{seed}_original.jpg" in groups, groups
+        assert groups[f"{seed}_logo.jpg"] == groups[f"{seed}_original.jpg"], groups
+    assert len({groups[name] for name in groups}) == 2, groups  # the two pictures stay apart

@@ -40,7 +40,7 @@ import numpy as np
 from pipeline.errors import DedupError
 from pipeline.image.view import thumbnail_view
 
-VERSION = 7  # bump when the check changes: cached verdicts of another version are ignored
+VERSION = 8  # bump when the check changes: cached verdicts of another version are ignored
 SIDE = 32
 _COARSE = 16  # side of the views every crop and turn is first scored at
 _REFINE = 3  # best coarse crops, and turns, of each side of a pair scored again at SIDE
@@ -79,12 +79,13 @@ _VARIANT_BOXES = np.array(
     # 10% off one edge: such a copy is past the radius of every centre or corner crop
     # (seed 1: 18% of them, 0% with these).
     + [(0.1, 0, 1, 1), (0, 0, 0.9, 1), (0, 0.1, 1, 1), (0, 0, 1, 0.9)]
-    # 15% off the top, off the bottom: where banners go. Searched against the same variant
-    # of the others too (``BAND_COLUMNS``), as an opaque strip moves the whole picture's pHash
-    # past any radius and only the two pictures without it agree.
-    + [(0, 0.15, 1, 1), (0, 0, 1, 0.85)]
+    # 15% off the top, off the bottom: where banners go; 25% off the left, off the right:
+    # where corner logos go (up to a quarter of the width). Searched against the same variant
+    # of the others too (``BAND_COLUMNS``), as an opaque strip or logo moves the whole
+    # picture's pHash past any radius and only the two pictures without it agree.
+    + [(0, 0.15, 1, 1), (0, 0, 1, 0.85), (0.25, 0, 1, 1), (0, 0, 0.75, 1)]
 )
-BAND_COLUMNS = (len(_VARIANT_BOXES) - 2, len(_VARIANT_BOXES) - 1)  # in variant_hashes' rows
+BAND_COLUMNS = tuple(range(len(_VARIANT_BOXES) - 4, len(_VARIANT_BOXES)))  # in variant_hashes' rows
 _VARIANT_TURNS = tuple((a, inscribed) for inscribed in (False, True) for a in (-4.0, -2.0, 2.0, 4.0))
 
 
@@ -98,12 +99,15 @@ def _masks() -> tuple[tuple[str, np.ndarray], ...]:
             keep = np.ones((SIDE, SIDE), bool)
             keep[at, :] = False
             found.append((f"a band of {100 * rows / SIDE:.0f}% at the {name}", keep))
-    for size in (7, 10):
-        for ys, yn in ((slice(0, size), "top"), (slice(SIDE - size, SIDE), "bottom")):
-            for xs, xn in ((slice(0, size), "left"), (slice(SIDE - size, SIDE), "right")):
+    # Views are square whatever the picture's shape, so a square logo on a landscape picture
+    # is taller than wide here (a quarter of a 4:3 picture's width is a third of its height).
+    for high, wide in ((7, 7), (10, 10), (10, 7), (13, 10)):
+        for ys, yn in ((slice(0, high), "top"), (slice(SIDE - high, SIDE), "bottom")):
+            for xs, xn in ((slice(0, wide), "left"), (slice(SIDE - wide, SIDE), "right")):
                 keep = np.ones((SIDE, SIDE), bool)
                 keep[ys, xs] = False
-                found.append((f"the {yn} {xn} corner ({100 * size / SIDE:.0f}%)", keep))
+                size = f"{100 * wide / SIDE:.0f}%" + ("" if high == wide else f" x {100 * high / SIDE:.0f}%")
+                found.append((f"the {yn} {xn} corner ({size})", keep))
     return tuple(found)
 
 
