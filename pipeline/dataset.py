@@ -49,7 +49,7 @@ from pipeline.catalog import Catalog
 from pipeline.config import RunConfig, is_url
 from pipeline.errors import StorageError, UsageError
 from pipeline.export import export_columns, flatten, parquet_type
-from pipeline.store import TMP_DIR
+from pipeline.store.base import TMP_DIR
 
 KEY_DIGITS = 9
 DATASET_DIR = "dataset"
@@ -377,7 +377,7 @@ class ObjectSink:
     """An fsspec URL: a finished temp file is uploaded as one object, then removed."""
 
     def __init__(self, url: str) -> None:
-        from pipeline.remote_store import ObjectFolder  # fsspec is an extra: pipeline[s3]
+        from pipeline.store.objects import ObjectFolder  # fsspec is an extra: pipeline[s3]
 
         self._folder = ObjectFolder(url)
         self.where = url

@@ -42,7 +42,7 @@ from pipeline.schedule.batches import batch_size, batches
 from pipeline.schedule.executors import LocalExecutor, RowExecutor
 from pipeline.schedule.shards import iter_shards, keep_rows
 from pipeline.schedule.tracker import ShardTracker
-from pipeline.store import open_store
+from pipeline.store.local import open_store
 from pipeline.worker.items import invalid_item
 
 
