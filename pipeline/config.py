@@ -33,7 +33,7 @@ NO_ALPHA_FORMATS = ("jpeg",)  # thumbnail formats without an alpha channel
 FITS = ("contain", "cover", "pad")
 LAYOUTS = ("content", "mirror", "key")  # thumbnail names: pipeline/layout.py
 # What a run delivers (issue 14): one file per image (``files``), or its ok samples packed into
-# WebDataset tar shards or Parquet files with the image bytes (pipeline/dataset.py).
+# WebDataset tar shards or Parquet files with the image bytes (pipeline/dataset/).
 OUTPUT_FORMATS = ("files", "webdataset", "parquet")
 
 

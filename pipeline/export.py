@@ -62,7 +62,7 @@ def export(
 
 
 def _export_dataset(catalog: Catalog, out: str | Path, dest: str | Path | None, *, unique: bool, per_shard: int) -> int:
-    from pipeline.dataset import export_dataset  # it builds on this module
+    from pipeline.dataset.export import export_dataset  # it builds on this module
 
     if dest is None or str(dest) == "-":
         raise UsageError("a WebDataset goes to a folder: give --output DIR")
@@ -122,7 +122,7 @@ _NUMERIC = {"row": "int64", "http_status": "int32", "attempts": "int32", "redire
 
 
 def parquet_type(column: str) -> Any:
-    """The Arrow type of an export column (text unless numeric); also dataset.py's Parquet."""
+    """The Arrow type of an export column (text unless numeric); also dataset/parquet.py's."""
     import pyarrow as pa
 
     return pa.type_for_alias(_NUMERIC.get(column, "string"))

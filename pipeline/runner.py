@@ -23,7 +23,8 @@ from typing import Any
 
 from pipeline.catalog import CATALOG_NAME, Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig, is_url
-from pipeline.dataset import DatasetWriter, check_caption, files_root
+from pipeline.dataset.paths import files_root
+from pipeline.dataset.writer import DatasetWriter, check_caption
 from pipeline.errors import ManifestTruncated, PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.layout import default_layout, name_rows
 from pipeline.limits import fit_open_files
