@@ -48,7 +48,7 @@ from pipeline.config import (
 )
 from pipeline.errors import PipelineError, UsageError
 from pipeline.export import FORMATS, export
-from pipeline.manifest import open_manifest
+from pipeline.manifest.spec import open_manifest
 from pipeline.merge import merge
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.runner import Progress, RunSummary, run

@@ -28,15 +28,8 @@ from pipeline.dataset.writer import DatasetWriter, check_caption
 from pipeline.errors import ManifestTruncated, PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.layout import default_layout, name_rows
 from pipeline.limits import fit_open_files
-from pipeline.manifest import (
-    ManifestSpec,
-    count_rows,
-    default_out,
-    extra_columns,
-    identity,
-    open_manifest,
-    read_rows,
-)  # fmt: skip
+from pipeline.manifest.read import count_rows, extra_columns, identity, read_rows
+from pipeline.manifest.spec import ManifestSpec, default_out, open_manifest
 from pipeline.models import ItemResult, ManifestRow, Shard, ShardDone, Status
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.schedule.batches import batch_size, batches
