@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline import parquet
 from pipeline.dataset.samples import Sample
 from pipeline.errors import UsageError
 from pipeline.export import parquet_type
@@ -18,17 +19,12 @@ class ParquetShard:
     written a row group at a time, so memory holds one group, not the shard."""
 
     def __init__(self, path: Path, columns: list[str], image_fields: list[str]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa = pa
         self.samples = 0
         self._fields = image_fields
         # The caption is the manifest's own column, already among ``columns``.
-        fields = [("__key__", pa.string())] + [(c, parquet_type(c)) for c in columns]
-        fields += [(_column_of(f), pa.binary()) for f in image_fields]
-        self._schema = pa.schema(fields)
-        self._writer = pq.ParquetWriter(path, self._schema)
+        fields = [("__key__", "string")] + [(c, parquet_type(c)) for c in columns]
+        fields += [(_column_of(f), "binary") for f in image_fields]
+        self._writer = parquet.Writer(path, fields)
         self._batch: list[dict[str, Any]] = []
         self._bytes = 0
 
@@ -49,7 +45,7 @@ class ParquetShard:
 
     def _write(self) -> None:
         if self._batch:
-            self._writer.write_table(self._pa.Table.from_pylist(self._batch, schema=self._schema))
+            self._writer.write(self._batch)
         self._batch, self._bytes = [], 0
 
 
@@ -62,7 +58,5 @@ def _column_of(field: str) -> str:
 
 
 def require_pyarrow() -> None:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise UsageError("--output-format parquet needs pyarrow: pip install 'pipeline[parquet]'") from None
+    if not parquet.available():
+        raise UsageError("--output-format parquet needs pyarrow: pip install 'pipeline[parquet]'")

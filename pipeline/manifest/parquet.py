@@ -1,24 +1,24 @@
-"""Parquet manifests, streamed a record batch at a time (pyarrow, ``pipeline[parquet]``)."""
+"""Parquet manifests, streamed a record batch at a time (through ``pipeline/parquet.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+from pipeline import parquet
 from pipeline.errors import ManifestError, ManifestTruncated
 from pipeline.manifest.rows import make_row
 from pipeline.manifest.spec import ManifestSpec
 from pipeline.models import ManifestRow
 
 
-def parquet_file(spec: ManifestSpec):  # type: ignore[no-untyped-def]
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ManifestError("Parquet manifests need pyarrow: pip install 'pipeline[parquet]'") from None
+def parquet_file(spec: ManifestSpec) -> Any:
+    if not parquet.available():
+        raise ManifestError("Parquet manifests need pyarrow: pip install 'pipeline[parquet]'")
     if spec.gzipped:
         raise ManifestError("a Parquet file is compressed inside; do not gzip it")
     try:
-        return pq.ParquetFile(spec.path)
+        return parquet.open_file(spec.path)
     except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
         raise ManifestError(f"cannot read {spec.path.name} as Parquet: {exc}") from exc
 
