@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from pipeline import __version__
+from pipeline.boxes import parse_size
 from pipeline.catalog import Catalog, locate
 from pipeline.config import (
     DEFAULT_FORMATS,
@@ -44,7 +45,6 @@ from pipeline.config import (
     DedupOptions,
     FetchOptions,
     ProcessOptions,
-    parse_size,
 )
 from pipeline.errors import PipelineError, UsageError
 from pipeline.export import FORMATS, export

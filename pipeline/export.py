@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline import parquet
+from pipeline.boxes import size_order
 from pipeline.catalog import ITEM_COLUMNS, Catalog, locate
-from pipeline.config import size_order
 from pipeline.errors import UsageError
 
 FORMATS = ("csv", "jsonl", "parquet", "webdataset")

@@ -58,7 +58,7 @@ class ContentStore(ABC):
         """``thumbs/<size>[-<variant>]/<ab>/<sha>.<ext>``: the name carries every option that
         changes the bytes (``ProcessOptions.thumb_variant``, e.g. ``q85``), so two encodings
         of one image never share a name and an existing file is always the wanted one."""
-        # An int (a longest side) or "WxH" (a box, ``config.parse_size``).
+        # An int (a longest side) or "WxH" (a box, ``boxes.parse_size``).
         if isinstance(size, bool) or not (
             (isinstance(size, int) and size >= 1) or (isinstance(size, str) and _BOX.fullmatch(size))
         ):
