@@ -32,7 +32,7 @@ from PIL import Image, ImageCms
 from bench.photos import display_p3_profile, photo, to_display_p3
 from pipeline.config import ProcessOptions
 from pipeline.image import process
-from pipeline.store import Store
+from pipeline.store.local import Store
 
 SRGB = ImageCms.createProfile("sRGB")
 

@@ -59,7 +59,7 @@ def run_once(fmt: str, args: argparse.Namespace, manifest: Path, out: Path) -> d
 def pack_cost(fmt: str, args: argparse.Namespace, manifest: Path, out: Path) -> list[float]:
     """CPU ms per sample of packing a finished files run's ok rows, ``args.pack_reps`` times."""
     from pipeline.catalog import Catalog
-    from pipeline.dataset import DatasetWriter
+    from pipeline.dataset.writer import DatasetWriter
     from pipeline.runner import build_config
 
     shutil.rmtree(out, ignore_errors=True)

@@ -84,7 +84,10 @@ def child(tree: str, corpus: Path, passes: int, psnr: bool) -> None:
 
     import pipeline
     from pipeline.config import ProcessOptions
-    from pipeline.store import Store
+    try:
+        from pipeline.store.local import Store
+    except ModuleNotFoundError:  # a tree from before the store/ package (issue 15)
+        from pipeline.store import Store  # type: ignore[no-redef]
 
     try:
         from pipeline.image import process

@@ -30,7 +30,7 @@ from bench.images import load_pool
 from bench.server import _with_comment
 from pipeline.config import ProcessOptions
 from pipeline.image.process import process_image
-from pipeline.store import Store
+from pipeline.store.local import Store
 
 
 def _cpu() -> float:

@@ -70,7 +70,10 @@ def _digest(code: str) -> list[list[str]]:
     import warnings
 
     from pipeline.config import ProcessOptions
-    from pipeline.store import Store
+    try:
+        from pipeline.store.local import Store
+    except ModuleNotFoundError:  # a tree from before the store/ package (issue 15)
+        from pipeline.store import Store  # type: ignore[no-redef]
 
     try:
         from pipeline.image.process import process_image

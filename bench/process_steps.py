@@ -62,7 +62,10 @@ def main() -> None:
     import pipeline
     from bench.images import load_pool
     from pipeline.config import ProcessOptions
-    from pipeline.store import Store
+    try:
+        from pipeline.store.local import Store
+    except ModuleNotFoundError:  # a tree from before the store/ package (issue 15)
+        from pipeline.store import Store  # type: ignore[no-redef]
 
     pool = load_pool()
     options = ProcessOptions(thumbnails=not args.w1)

@@ -49,7 +49,7 @@ AREAS = (
     ("resize", ("resize (PIL/Image.py",)),
     ("encode thumbnail", ("save (PIL/Image.py",)),
     ("sha256 + process glue", ("process_image (pipeline/image/process.py",)),
-    ("store writes", ("pipeline/store.py",)),
+    ("store writes", ("pipeline/store/",)),
     ("dhash/phash", ("dhash (", "phash (")),
     ("aiohttp / fetch", ("aiohttp/", "pipeline/net/")),
     ("loop wake-ups from the CPU threads", ("_write_to_self", "_read_from_self")),

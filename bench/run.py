@@ -214,7 +214,7 @@ def thumbnail_psnr() -> dict[str, object]:
     from bench.images import load_pool
     from pipeline.config import ProcessOptions
     from pipeline.image.process import process_image
-    from pipeline.store import Store
+    from pipeline.store.local import Store
 
     def psnr(a: np.ndarray, b: np.ndarray) -> float:
         mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))

@@ -285,7 +285,7 @@ def run_once(
     result["valid"] = code == 0 and ok == args.images
     dataset = "--output-format" in args.pipeline_args and "files" not in args.pipeline_args
     if runner == "s3" and result["valid"] and dataset:
-        # Shards only (one object each) and every ok row in one of them (pipeline/dataset.py).
+        # Shards only (one object each) and every ok row in one of them (pipeline/dataset/).
         stored = bucket_keys(server)
         result["objects"] = len(stored)
         result["valid"] = dataset_samples(catalog) == ok and all(k.startswith("run/dataset/") for k in stored)

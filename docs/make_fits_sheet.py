@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.config import ProcessOptions
 from pipeline.image.process import process_image
-from pipeline.store import Store
+from pipeline.store.local import Store
 
 BOX = (192, 128)
 GAP, LABEL = 16, 18

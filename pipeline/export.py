@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from pipeline import parquet
+from pipeline.boxes import size_order
 from pipeline.catalog import ITEM_COLUMNS, Catalog
-from pipeline.config import size_order
 from pipeline.errors import UsageError
 from pipeline.locate import RunPlace, find_run
 
@@ -68,7 +69,7 @@ def export(
 
 
 def _export_dataset(catalog: Catalog, place: RunPlace, dest: str | Path | None, *, unique: bool, per_shard: int) -> int:
-    from pipeline.dataset import export_dataset  # it builds on this module
+    from pipeline.dataset.export import export_dataset  # it builds on this module
 
     if dest is None or str(dest) == "-":
         raise UsageError("a WebDataset goes to a folder: give --output DIR")
@@ -127,32 +128,26 @@ _NUMERIC = {"row": "int64", "http_status": "int32", "attempts": "int32", "redire
             "process_ms": "float64"}  # fmt: skip
 
 
-def parquet_type(column: str) -> Any:
-    """The Arrow type of an export column (text unless numeric); also dataset.py's Parquet."""
-    import pyarrow as pa
-
-    return pa.type_for_alias(_NUMERIC.get(column, "string"))
+def parquet_type(column: str) -> str:
+    """The Arrow type (alias) of an export column (text unless numeric); also dataset/parquet.py's."""
+    return _NUMERIC.get(column, "string")
 
 
 def _write_parquet(records: Iterator[dict[str, Any]], columns: list[str], dest: Path) -> int:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UsageError("Parquet export needs pyarrow: pip install 'pipeline[parquet]'") from None
-    schema = pa.schema([(c, parquet_type(c)) for c in columns])
+    if not parquet.available():
+        raise UsageError("Parquet export needs pyarrow: pip install 'pipeline[parquet]'")
     count = 0
     tmp = dest.with_name(dest.name + ".tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with parquet.Writer(tmp, [(c, parquet_type(c)) for c in columns]) as writer:
         batch: list[dict[str, Any]] = []
         for record in records:
             batch.append(record)
             if len(batch) == _BATCH:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                writer.write(batch)
                 count += len(batch)
                 batch = []
         if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            writer.write(batch)
             count += len(batch)
     tmp.replace(dest)
     return count

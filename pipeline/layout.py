@@ -1,6 +1,6 @@
 """Thumbnail names that a person can find (issue 12): ``--layout content|mirror|key``.
 
-``content`` (``thumbs/256-q85/ab/<sha256>.jpg``) is the store's own name (store.py).
+``content`` (``thumbs/256-q85/ab/<sha256>.jpg``) is the store's own name (store/base.py).
 ``mirror`` names a thumbnail after its source: ``photos/2019/beach.jpg`` (relative to the
 folder or ``--local-root``) → ``thumbs/256-q85/2019/beach.jpg``; a URL → its host and path,
 ``https://example.com/a/b.jpg?w=2`` → ``thumbs/256-q85/example.com/a/b%3Fw=2.jpg``. ``key``

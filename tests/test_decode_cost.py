@@ -117,7 +117,7 @@ import sys
 from pathlib import Path
 from pipeline.config import ProcessOptions
 from pipeline.image.process import process_image
-from pipeline.store import Store
+from pipeline.store.local import Store
 data = Path(sys.argv[1]).read_bytes()
 small = Path(sys.argv[2]).read_bytes()
 options = ProcessOptions(keep_originals=False)

@@ -23,7 +23,7 @@ from pipeline.catalog import Catalog
 from pipeline.cli import main
 from pipeline.config import ProcessOptions
 from pipeline.image.process import process_image
-from pipeline.store import Store
+from pipeline.store.local import Store
 
 pytestmark = pytest.mark.timeout(300)
 

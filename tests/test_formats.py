@@ -29,7 +29,7 @@ from pipeline.cli import main
 from pipeline.config import DEFAULT_FORMATS, ProcessOptions
 from pipeline.errors import ErrorClass, ItemError
 from pipeline.image.process import process_image
-from pipeline.store import Store
+from pipeline.store.local import Store
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.manifest import open_manifest, read_rows
+from pipeline.manifest.read import read_rows
+from pipeline.manifest.spec import open_manifest
 from pipeline.schedule import hostsort
 from pipeline.schedule.hostsort import host_key
 from pipeline.schedule.shards import iter_shards

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ManifestError
-from pipeline.manifest import default_out, extra_columns, identity, open_manifest, read_rows, resolve_source
+from pipeline.manifest.read import extra_columns, identity, read_rows
+from pipeline.manifest.rows import resolve_source
+from pipeline.manifest.spec import default_out, open_manifest
 
 
 def _rows(path: Path, **kw):
@@ -173,7 +175,7 @@ def test_count_rows_estimates_every_format(tmp_path: Path) -> None:
     (tmp_path / "m.txt").write_text("http://a.test/1\nhttp://a.test/2")  # no final line break
     with gzip.open(tmp_path / "m.jsonl.gz", "wt") as f:
         f.writelines(json.dumps({"url": f"http://a.test/{i}"}) + "\n" for i in range(5))
-    from pipeline.manifest import count_rows
+    from pipeline.manifest.read import count_rows
 
     assert count_rows(open_manifest(tmp_path / "m.csv")) == 7
     assert count_rows(open_manifest(tmp_path / "m.txt")) == 2

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ManifestError, ManifestTruncated
-from pipeline.manifest import extra_columns, open_manifest, read_rows
+from pipeline.manifest.read import extra_columns, read_rows
+from pipeline.manifest.spec import open_manifest
 
 TEXT_KINDS = ["csv", "tsv", "txt", "jsonl"]
 KINDS = TEXT_KINDS + ["parquet"] + [f"{k}.gz" for k in TEXT_KINDS]

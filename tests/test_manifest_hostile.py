@@ -19,7 +19,8 @@ from pytest_httpserver import HTTPServer
 
 from pipeline.cli import main
 from pipeline.errors import ErrorClass, ManifestError, ManifestTruncated
-from pipeline.manifest import open_manifest, read_rows
+from pipeline.manifest.read import read_rows
+from pipeline.manifest.spec import open_manifest
 from pipeline.models import Shard
 from pipeline.runner import build_config
 from pipeline.worker.protocol import run_shard

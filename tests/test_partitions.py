@@ -161,7 +161,7 @@ def test_executor_ray_without_ray_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_partitions_sharing_out_never_clear_each_others_temp_files(tmp_path: Path) -> None:
-    from pipeline.store import open_store
+    from pipeline.store.local import open_store
 
     first, second = open_store(tmp_path, partition="0-of-2"), open_store(tmp_path, partition="1-of-2")
     with first.atomic_path(first.original_relpath("ab" + "0" * 62, "jpg")) as in_flight:

@@ -21,7 +21,7 @@ from pipeline.image.fit import fit_size
 from pipeline.image.hashes import HASH_SIZE, dhash, phash
 from pipeline.image.process import process_image
 from pipeline.models import ImageInfo
-from pipeline.store import Store
+from pipeline.store.local import Store
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -30,7 +30,7 @@ from pytest_httpserver import HTTPServer
 
 from pipeline.cli import main
 from pipeline.errors import StorageError
-from pipeline.store import open_store
+from pipeline.store.local import open_store
 
 fsspec = pytest.importorskip("fsspec")
 pytestmark = pytest.mark.timeout(120)
@@ -216,6 +216,18 @@ def test_memory_store_writes_whole_objects_under_content_names() -> None:
     assert fs.cat_file(f"/pipeline-test/run/originals/ab/{SHA}.png") == b"original"
 
 
+def test_an_object_store_is_not_a_local_store() -> None:
+    """Issue 15: ``FsspecStore`` was a local ``Store`` rooted at $TMPDIR whose ``path()`` raised
+    ``TypeError``. It shares the names and the interface only: nothing of it points at a folder."""
+    from pipeline.store.base import ContentStore
+    from pipeline.store.local import Store
+
+    store = open_store("memory://pipeline-test/kind")
+    assert isinstance(store, ContentStore) and not isinstance(store, Store)
+    assert [name for name in ("path", "root", "_tmp", "_new_temp") if hasattr(store, name)] == []
+    assert store.thumb_relpath(SHA, 256, "jpg") == Store(ROOT).thumb_relpath(SHA, 256, "jpg")
+
+
 def test_memory_store_failed_write_leaves_nothing() -> None:
     store = open_store("memory://pipeline-test/failed")
     rel = store.thumb_relpath(SHA, 128, "webp")
@@ -345,7 +357,7 @@ def _write_ten(store: Any) -> None:
 def test_uploads_are_bounded_in_count_and_bytes(s3: Any, moto: Any) -> None:
     """The store keeps at most ``max_uploads`` objects and ``max_upload_bytes`` in flight: the
     server never has more inside at once, however fast the image thread writes."""
-    from pipeline.remote_store import FsspecStore
+    from pipeline.store.remote import FsspecStore
 
     for limits, peak in (({"max_uploads": 3}, 3), ({"max_upload_bytes": 25_000}, 2)):
         moto.reset_counts()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import StorageError
-from pipeline.store import TMP_DIR, Store
+from pipeline.store.base import TMP_DIR
+from pipeline.store.local import Store
 
 SHA = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
 assert len(SHA) == 64

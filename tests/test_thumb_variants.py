@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import ProcessOptions
-from pipeline.store import Store
+from pipeline.store.local import Store
 
 pytestmark = pytest.mark.timeout(120)
 SHA = "ab" + "0" * 62

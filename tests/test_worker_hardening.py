@@ -76,7 +76,7 @@ _OUT_OF_MEMORY = r"""
 import json, resource, struct, sys, zlib
 from pathlib import Path
 from pipeline.config import ProcessOptions
-from pipeline.store import Store
+from pipeline.store.local import Store
 from pipeline.worker.rows import _process
 import numpy, PIL.Image, pipeline.image.process  # imported before the cap: only the decode may fail
 

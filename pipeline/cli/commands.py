@@ -20,7 +20,7 @@ from pipeline.config import DedupOptions
 from pipeline.display import ProgressDisplay
 from pipeline.export import FORMATS, export
 from pipeline.locate import find_run
-from pipeline.manifest import open_manifest
+from pipeline.manifest.spec import open_manifest
 from pipeline.merge import merge
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.runner import run

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 import cloup
 
+from pipeline.boxes import parse_size
 from pipeline.config import (
     DEFAULT_FORMATS,
     DEFAULT_USER_AGENT,
@@ -21,7 +22,6 @@ from pipeline.config import (
     DedupOptions,
     FetchOptions,
     ProcessOptions,
-    parse_size,
 )
 from pipeline.errors import UsageError
 from pipeline.schedule.executors import EXECUTORS

@@ -63,7 +63,7 @@ def thumbnail_root(files: RunFiles, paths: dict[int, str | None]) -> Iterator[Pa
     if not files.remote:
         yield Path(files.out)
         return
-    from pipeline.remote_store import copy_objects
+    from pipeline.store.objects import copy_objects
 
     try:
         folder = Path(tempfile.mkdtemp(prefix=f".{files.catalog.name}.thumbs-", dir=files.catalog.parent))
@@ -100,7 +100,7 @@ def report_thumbnails(files: RunFiles, dest: Path) -> Path:
     ``dest``, into which the grouped rows' thumbnails are downloaded (once, concurrently)."""
     if not files.remote:
         return Path(files.out)
-    from pipeline.remote_store import copy_objects
+    from pipeline.store.objects import copy_objects
 
     with Catalog(files.catalog, readonly=True) as catalog:
         rels = [smallest_thumbnail(r["thumbnails"]) for r in iter_grouped(catalog)]

@@ -9,13 +9,13 @@ from pipeline.image.colour import _icc_for
 from pipeline.image.decode import _Decoded
 from pipeline.image.resize import _flatten_on_white
 from pipeline.models import Thumbnail
-from pipeline.store import Store
+from pipeline.store.base import ContentStore
 
 _SAVE_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG", "avif": "AVIF"}
 
 
 def _write_thumbnail(
-    im: Image.Image, size: int | str, sha: str, decoded: _Decoded, *, options: ProcessOptions, store: Store
+    im: Image.Image, size: int | str, sha: str, decoded: _Decoded, *, options: ProcessOptions, store: ContentStore
 ) -> Thumbnail:
     rel = store.thumb_relpath(sha, size, options.thumb_ext, variant=options.thumb_variant)
     thumbnail = Thumbnail(size=size, width=im.width, height=im.height, path=rel)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipeline.config import ProcessOptions, size_box
+from pipeline.boxes import size_box
+from pipeline.config import ProcessOptions
 from pipeline.image.hashes import HASH_SIZE
 from pipeline.image.orientation import _SWAPS_AXES, _orientation
 

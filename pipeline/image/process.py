@@ -56,10 +56,10 @@ from pipeline.image.orientation import _SWAPS_AXES, _orientation
 from pipeline.image.pixellimit import _allow_pillow_limit
 from pipeline.image.resize import _flatten_on_white, _pad, _take
 from pipeline.models import ImageInfo, Thumbnail
-from pipeline.store import Store
+from pipeline.store.base import ContentStore
 
 
-def process_image(data: bytes, *, options: ProcessOptions, store: Store) -> ImageInfo:
+def process_image(data: bytes, *, options: ProcessOptions, store: ContentStore) -> ImageInfo:
     """Decode ``data``, write its thumbnails (and original) to ``store``, return metadata.
 
     Transparency is never silently lost: for ``thumb_format="jpeg"`` (no alpha channel)
@@ -101,7 +101,7 @@ def process_image(data: bytes, *, options: ProcessOptions, store: Store) -> Imag
     )
 
 
-def _keep_original(data: bytes, sha: str, fmt: str, *, options: ProcessOptions, store: Store) -> str | None:
+def _keep_original(data: bytes, sha: str, fmt: str, *, options: ProcessOptions, store: ContentStore) -> str | None:
     if not options.keep_originals:
         return None
     path = store.original_relpath(sha, _original_ext(fmt))
@@ -109,7 +109,7 @@ def _keep_original(data: bytes, sha: str, fmt: str, *, options: ProcessOptions, 
     return path
 
 
-def _keep_original_only(data: bytes, sha: str, started: float, *, options: ProcessOptions, store: Store) -> ImageInfo:
+def _keep_original_only(data: bytes, sha: str, started: float, *, options: ProcessOptions, store: ContentStore) -> ImageInfo:
     """``thumbnails=False``: no pixel is decoded; the header alone gives format and size.
 
     Reading the header costs ~35 us against ~140 us for the SHA-256 of a 260 KB photo
@@ -140,7 +140,7 @@ def _keep_original_only(data: bytes, sha: str, started: float, *, options: Proce
 
 
 def _make_thumbnails(
-    decoded: _Decoded, sha: str, *, options: ProcessOptions, store: Store
+    decoded: _Decoded, sha: str, *, options: ProcessOptions, store: ContentStore
 ) -> tuple[tuple[Thumbnail, ...], Image.Image]:
     """Run the resize chain, write requested sizes; return them and the hash source."""
     width, height = decoded.width, decoded.height

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipeline.config import color_rgba
+from pipeline.boxes import color_rgba
 from pipeline.image.fit import _Rect
 from pipeline.image.orientation import _STORED_POINT, _SWAPS_AXES, _TRANSPOSE
 

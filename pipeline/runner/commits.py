@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from pipeline.catalog import Catalog
-from pipeline.dataset import DatasetWriter
+from pipeline.dataset.writer import DatasetWriter
 from pipeline.errors import PipelineError
 from pipeline.models import ItemResult, ShardDone, Status
 from pipeline.runner.progress import Progress, ProgressCallback, count_items

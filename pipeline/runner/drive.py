@@ -13,10 +13,12 @@ from typing import Any
 from pipeline import locate
 from pipeline.catalog import Catalog
 from pipeline.config import FetchOptions, ProcessOptions, RunConfig
-from pipeline.dataset import DatasetWriter, check_caption, files_root
+from pipeline.dataset.paths import files_root
+from pipeline.dataset.writer import DatasetWriter, check_caption
 from pipeline.errors import PipelineError, ResumeRefused, StorageError, UsageError
 from pipeline.limits import fit_open_files
-from pipeline.manifest import ManifestSpec, count_rows, default_out, extra_columns, open_manifest
+from pipeline.manifest.read import count_rows, extra_columns
+from pipeline.manifest.spec import ManifestSpec, default_out, open_manifest
 from pipeline.outlock import catalog_lock_path, locked, out_lock_path
 from pipeline.runner.commits import Commits
 from pipeline.runner.progress import Progress, ProgressCallback, RunSummary, failure_rate
@@ -24,7 +26,7 @@ from pipeline.runner.resume import WholeManifest, check_fingerprint, settle_layo
 from pipeline.runner.todo import Cut, todo, work_batches
 from pipeline.schedule.executors import LocalExecutor, RowExecutor
 from pipeline.schedule.tracker import ShardTracker
-from pipeline.store import open_store
+from pipeline.store.local import open_store
 
 
 def run(

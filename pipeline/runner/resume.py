@@ -12,7 +12,8 @@ from pipeline.catalog import Catalog
 from pipeline.config import RunConfig
 from pipeline.errors import ResumeRefused
 from pipeline.layout import default_layout
-from pipeline.manifest import ManifestSpec, identity
+from pipeline.manifest.read import identity
+from pipeline.manifest.spec import ManifestSpec
 
 # Not compared: a manifest moved or renamed with the same content is the same run (its
 # size and hashes still have to agree). Catalogs before this held it in the fingerprint.

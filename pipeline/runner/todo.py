@@ -9,7 +9,8 @@ from pipeline.catalog import Catalog
 from pipeline.config import RunConfig
 from pipeline.errors import ManifestTruncated
 from pipeline.layout import name_rows
-from pipeline.manifest import ManifestSpec, read_rows
+from pipeline.manifest.read import read_rows
+from pipeline.manifest.spec import ManifestSpec
 from pipeline.models import ManifestRow, Shard, ShardDone
 from pipeline.runner.commits import Commits
 from pipeline.runner.progress import Progress

@@ -38,7 +38,8 @@ from typing import IO
 from urllib.parse import urlsplit
 
 from pipeline.errors import UsageError
-from pipeline.manifest import ManifestSpec, read_rows
+from pipeline.manifest.read import read_rows
+from pipeline.manifest.spec import ManifestSpec
 from pipeline.models import ManifestRow
 
 # Sorted runs open at once while merging: 10,000 chunks must not need 10,000 descriptors (a

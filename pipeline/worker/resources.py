@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pipeline.config import FetchOptions, RunConfig
 from pipeline.net.admission import Admission
-from pipeline.store import Store, open_store
+from pipeline.store.base import ContentStore
+from pipeline.store.local import open_store
 
 # Bodies waiting for the CPU stage, at most, in bytes per CPU thread: 32 bodies of a web
 # crawl's PNGs (1-2 MB each) held ~50 MB per worker on top of their decodes (issue 10's
@@ -24,10 +25,10 @@ _admissions: dict[tuple[int, int, bool], Admission] = {}
 _sessions: dict[FetchOptions, object] = {}
 # One store per process and OUT, kept from batch to batch: it remembers the folders it made
 # (a mkdir saved per file), and an fsspec store would otherwise build a filesystem per batch.
-_stores: dict[tuple[Path | str, str | None], Store] = {}
+_stores: dict[tuple[Path | str, str | None], ContentStore] = {}
 
 
-def _store(config: RunConfig) -> Store:
+def _store(config: RunConfig) -> ContentStore:
     key = (config.out, config.partition)
     store = _stores.get(key)
     if store is None:

@@ -18,7 +18,8 @@ from pipeline.memory import trim_now_and_then
 from pipeline.models import FetchResult, ImageInfo, ItemResult, ManifestRow, Shard
 from pipeline.net.admission import Admission
 from pipeline.schedule.batches import by_source as group_by_source
-from pipeline.store import NamedStore, Store
+from pipeline.store.base import ContentStore
+from pipeline.store.named import NamedStore
 from pipeline.worker.items import _item, _SourceOutcome, failed_items
 from pipeline.worker.resources import _admission, _cpu_pool, _session
 
@@ -41,7 +42,7 @@ def _by_source(batch: Shard) -> dict[str, list[ManifestRow]]:
     return group_by_source(row for row in batch.rows if row.invalid is None)
 
 
-async def _run(by_source: dict[str, list[ManifestRow]], config: RunConfig, store: Store, hooks: _Hooks) -> None:
+async def _run(by_source: dict[str, list[ManifestRow]], config: RunConfig, store: ContentStore, hooks: _Hooks) -> None:
     try:
         pool = _cpu_pool(config.cpu_threads)
         session = _session(config.fetch) if any(not _is_local(s) for s in by_source) else None
@@ -71,7 +72,7 @@ async def _row(
     *,
     session: object,
     config: RunConfig,
-    store: Store,
+    store: ContentStore,
     pool: ThreadPoolExecutor,
 ) -> None:
     """One source, start to finish, reported the moment it ends (never raises for the item)."""
@@ -101,7 +102,7 @@ async def _one(
     session: object,
     limit: Admission,
     config: RunConfig,
-    store: Store,
+    store: ContentStore,
     pool: ThreadPoolExecutor,
 ) -> _SourceOutcome:
     # Admission bounds both the requests in flight and the bodies waiting for the CPU, so
@@ -171,7 +172,7 @@ def _without_body(fetched: FetchResult) -> FetchResult:
 
 
 def _process_timed(
-    body: bytes, options: ProcessOptions, store: Store
+    body: bytes, options: ProcessOptions, store: ContentStore
 ) -> tuple[tuple[ImageInfo | None, ErrorClass | None, str | None], float, Future[None] | None]:
     """``_process``, how long it took on its thread (admission sizes the backlog by it), and
     its uploads still under way (a row is reported once its files are in place)."""
@@ -187,7 +188,7 @@ def _process_timed(
 
 
 def _process(
-    body: bytes, options: ProcessOptions, store: Store
+    body: bytes, options: ProcessOptions, store: ContentStore
 ) -> tuple[ImageInfo | None, ErrorClass | None, str | None]:
     """The CPU stage's edge: per-item failures become data here."""
     from pipeline.image.process import process_image

@@ -1,27 +1,13 @@
-"""The file store under OUT: the only module that writes image files.
+"""Content-addressed files in a local OUT folder, written atomically; ``open_store`` picks a run's store.
 
-Layout (the store's own names derive from a SHA-256 hex digest and an int, never from a URL
-or from manifest text)::
+Layout (names: ``base.py``)::
 
-    OUT/originals/<sha[:2]>/<sha>.<ext>
-    OUT/thumbs/<size>-<variant>/<sha[:2]>/<sha>.<ext>   size: 256 or WxH (512x384); variant:
-                                                        [cover|pad-<colour>][-up]-q<quality>
-    OUT/thumbs/<size>/<sha[:2]>/<sha>.png               PNG (lossless); older catalogs list
-                                                        every thumbnail here (readers take
-                                                        each row's path from the catalog)
+    OUT/originals/…, OUT/thumbs/…   the store's names (``base.ContentStore``)
     OUT/.tmp/                   in-flight writes; emptied by clear_temp() at run start/end
     OUT/.tmp/<i>-of-<n>/        the same for static partition i of n (partitions share OUT)
 
-Under ``--layout mirror`` or ``key`` (issue 12, ``pipeline/layout.py``) a thumbnail is
-named after its row instead, ``OUT/thumbs/<size>-<variant>/<name>.<ext>``: ``NamedStore``
-turns the content name into the row's (same variant folder, same extension), and the name
-was made safe by ``layout.safe_stem`` (no ``..``, no absolute path, nothing ``path()``
-refuses). A named file is always written (an earlier run's file under that name may hold
-other bytes); rows that share a source share one encode: the file is hard-linked (copied
-where links fail) to every further name (``atomic_paths``).
-
 When OUT is an fsspec URL (s3://, gs://, memory://), ``open_store`` returns the
-``FsspecStore`` of ``pipeline/remote_store.py`` instead: same names, same interface.
+``FsspecStore`` of ``remote.py`` instead: same names, same interface (``ContentStore``).
 
 Writes are atomic: bytes go to a uniquely named file in ``OUT/.tmp/`` (same filesystem as
 the target, so ``os.replace`` is a rename) and are renamed into place only when complete.
@@ -42,7 +28,6 @@ would fail the same way. Other ``OSError`` propagate unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -51,18 +36,12 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pipeline.config import is_url
 from pipeline.errors import StorageError
-from pipeline.layout import named_relpath
+from pipeline.store.base import TMP_DIR, ContentStore, store_parts
 
-TMP_DIR = ".tmp"
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_EXT = re.compile(r"[a-z0-9]{1,8}")
-_VARIANT = re.compile(r"[a-z0-9]{1,16}(-[a-z0-9]{1,16}){0,5}")  # e.g. q85, cover-up-q85, pad-ffffff
-_BOX = re.compile(r"[1-9][0-9]{0,5}x[1-9][0-9]{0,5}")
 _PARTITION = re.compile(r"[0-9]+-of-[0-9]+")  # OUT/.tmp/<i>-of-<n>: a partition's temp folder
 
 # errno values that mean "this folder cannot take our files", as opposed to a bug.
@@ -86,32 +65,20 @@ _NO_LINKS = frozenset(
 )
 
 
-def _check_sha(sha256: str) -> str:
-    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-        raise ValueError(f"not a lowercase SHA-256 hex digest: {sha256!r}")
-    return sha256
-
-
-def _check_ext(ext: str) -> str:
-    if not isinstance(ext, str) or not _EXT.fullmatch(ext):
-        raise ValueError(f"bad file extension: {ext!r}")
-    return ext
-
-
-def open_store(out: Path | str, *, partition: str | None = None) -> Store:
+def open_store(out: Path | str, *, partition: str | None = None) -> ContentStore:
     """The store for OUT: local files, or (OUT an fsspec URL) objects written through fsspec.
 
     ``partition`` (``"3-of-8"``) gives a static partition its own temp folder, so partitions
     sharing OUT never clear each other's in-flight files.
     """
     if is_url(out):
-        from pipeline.remote_store import FsspecStore  # fsspec is an extra: pipeline[s3]
+        from pipeline.store.remote import FsspecStore  # fsspec is an extra: pipeline[s3]
 
         return FsspecStore(str(out))
     return Store(Path(out), temp=f"{TMP_DIR}/{partition}" if partition else TMP_DIR)
 
 
-class Store:
+class Store(ContentStore):
     """Content-addressed files under ``root`` (the run's OUT folder).
 
     Thread-safe and cheap to construct; it holds no open files. Create one per process.
@@ -128,31 +95,9 @@ class Store:
 
     # -- names ---------------------------------------------------------------------------
 
-    def thumb_relpath(self, sha256: str, size: int | str, ext: str, *, variant: str = "") -> str:
-        """``thumbs/<size>[-<variant>]/<ab>/<sha>.<ext>``: the name carries every option that
-        changes the bytes (``ProcessOptions.thumb_variant``, e.g. ``q85``), so two encodings
-        of one image never share a name and an existing file is always the wanted one."""
-        # An int (a longest side) or "WxH" (a box, ``config.parse_size``).
-        if isinstance(size, bool) or not (
-            (isinstance(size, int) and size >= 1) or (isinstance(size, str) and _BOX.fullmatch(size))
-        ):
-            raise ValueError(f"bad thumbnail size: {size!r}")
-        if not isinstance(variant, str) or (variant and not _VARIANT.fullmatch(variant)):
-            raise ValueError(f"bad thumbnail variant: {variant!r}")
-        sha = _check_sha(sha256)
-        folder = f"{size}-{variant}" if variant else str(size)
-        return f"thumbs/{folder}/{sha[:2]}/{sha}.{_check_ext(ext)}"
-
-    def original_relpath(self, sha256: str, ext: str) -> str:
-        sha = _check_sha(sha256)
-        return f"originals/{sha[:2]}/{sha}.{_check_ext(ext)}"
-
     def path(self, rel: str) -> Path:
         """Absolute path of a store-made relative path (refuses anything escaping OUT)."""
-        pure = PurePosixPath(rel)
-        if pure.is_absolute() or not pure.parts or ".." in pure.parts or pure.parts[0] == TMP_DIR:
-            raise ValueError(f"not a store path: {rel!r}")
-        return self.root.joinpath(*pure.parts)
+        return self.root.joinpath(*store_parts(rel))
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -311,35 +256,11 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-class NamedStore:
-    """The store as one source's image sees it under ``--layout mirror|key``: a thumbnail
-    asked for under its content name goes to the names of the source's rows instead
-    (``names``: one per row, in row order; the first is the one reported). Everything else
-    (originals, uploads) is the store's. ``paths`` maps each reported name to all of them.
-
-    ``image/encode.py`` keeps calling ``thumb_relpath``, ``exists`` and ``atomic_path`` as for the
-    content layout; only the name changes."""
-
-    __slots__ = ("_store", "names", "paths")
-
-    def __init__(self, store: Store, names: list[str]) -> None:
-        self._store = store
-        self.names = names
-        self.paths: dict[str, list[str]] = {}
-
-    def thumb_relpath(self, *args: object, **kwargs: object) -> str:
-        content = self._store.thumb_relpath(*args, **kwargs)  # type: ignore[arg-type]
-        rels = [named_relpath(content, name) for name in self.names]
-        self.paths[rels[0]] = rels
-        return rels[0]
-
-    def exists(self, rel: str) -> bool:
-        # A file under a row's name may be an earlier run's, of other bytes: always written.
-        return False if rel in self.paths else self._store.exists(rel)
-
-    def atomic_path(self, rel: str) -> contextlib.AbstractContextManager[Path]:
-        rels = self.paths.get(rel)
-        return self._store.atomic_path(rel) if rels is None else self._store.atomic_paths(rels)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._store, name)
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        # The original error matters more than a failed cleanup; clear_temp() retries.
+        pass
