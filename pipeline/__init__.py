@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
 
         return run
     if name == "export":
-        from pipeline.export import export
+        from pipeline.catalog_export import export
 
         return export
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -86,3 +86,21 @@ def test_code_without_a_main_file_runs(tmp_path: Path) -> None:
     result = _python(["-c", _script(manifest, out, guarded=False)], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "rows 37"
+
+
+def test_run_then_export_from_the_package_after_the_cli_was_imported(tmp_path: Path) -> None:
+    """``from pipeline import export`` is the function even once the modules behind the CLI
+    are loaded (a module of the same name used to shadow it: ``'module' object is not callable``)."""
+    manifest, out = _manifest(tmp_path), tmp_path / "out"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import pipeline.cli  # loads every module the commands use\n"
+        "from pipeline import export, run\n"
+        'if __name__ == "__main__":\n'
+        f"    summary = run({str(manifest)!r}, out={str(out)!r}, procs=1)\n"
+        f"    print('exported', export({str(out)!r}, {str(tmp_path / 'rows.csv')!r}, format='csv'))\n"
+    )
+    result = _python([str(script)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "exported 37"
+    assert len((tmp_path / "rows.csv").read_text().splitlines()) == 38  # header + one line per row

@@ -18,7 +18,7 @@ from pipeline.cli.options import catalog_option, dedup_options, manifest_columns
 from pipeline.cli.output import print_counts, print_summary, show_library_warnings
 from pipeline.config import DedupOptions
 from pipeline.display import ProgressDisplay
-from pipeline.export import FORMATS, export
+from pipeline.catalog_export import FORMATS, export
 from pipeline.locate import find_run
 from pipeline.manifest.spec import open_manifest
 from pipeline.merge import merge

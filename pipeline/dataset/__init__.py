@@ -37,7 +37,7 @@ One job per module, in the order a sample meets them::
     paths.py    where a run's dataset goes (OUT/dataset/), and where workers write image files
     export.py   ``pipeline export --format webdataset``: a catalog as a new dataset, in one go
 
-The runner imports ``writer`` (``DatasetWriter``, ``check_caption``) and ``paths.files_root``; ``pipeline/export.py`` imports
+The runner imports ``writer`` (``DatasetWriter``, ``check_caption``) and ``paths.files_root``; ``pipeline/catalog_export.py`` imports
 ``export``. pyarrow is imported by ``parquet.py`` only when a Parquet shard is written;
 fsspec (through ``pipeline/store/objects.py``) only for a URL. Names with a leading
 underscore are private to their module. This file imports nothing.

@@ -14,7 +14,7 @@ from pipeline.dataset.shards import Shards
 from pipeline.dataset.sinks import open_sink
 from pipeline.dataset.tar import TarShard
 from pipeline.errors import UsageError
-from pipeline.export import export_columns
+from pipeline.catalog_export import export_columns
 from pipeline.store.base import TMP_DIR
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.config import RunConfig
 from pipeline.errors import StorageError
-from pipeline.export import flatten
+from pipeline.catalog_export import flatten
 
 KEY_DIGITS = 9
 

@@ -24,7 +24,7 @@ from pipeline.dataset.shards import Part, ShardFile, Shards
 from pipeline.dataset.sinks import LocalSink, open_sink
 from pipeline.dataset.tar import TarShard
 from pipeline.errors import UsageError
-from pipeline.export import export_columns
+from pipeline.catalog_export import export_columns
 from pipeline.store.base import TMP_DIR
 
 _SELECT_CHUNK = 500  # rows asked for in one IN (…): under SQLite's variable limit
