@@ -13,12 +13,12 @@ import cloup
 
 from pipeline import __version__
 from pipeline.catalog import Catalog
+from pipeline.catalog_export import FORMATS, export
 from pipeline.cli.exits import EXIT_FAILURES, handle_errors, quiet_when_reader_leaves, second_interrupt_exits
 from pipeline.cli.options import catalog_option, dedup_options, manifest_columns, run_options
 from pipeline.cli.output import print_counts, print_summary, show_library_warnings
 from pipeline.config import DedupOptions
 from pipeline.display import ProgressDisplay
-from pipeline.catalog_export import FORMATS, export
 from pipeline.locate import find_run
 from pipeline.manifest.spec import open_manifest
 from pipeline.merge import merge

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import Catalog
+from pipeline.catalog_export import export_columns
 from pipeline.config import is_url
 from pipeline.dataset.paths import EXTENSIONS, STATS_NAME
 from pipeline.dataset.samples import read_sample
@@ -14,7 +15,6 @@ from pipeline.dataset.shards import Shards
 from pipeline.dataset.sinks import open_sink
 from pipeline.dataset.tar import TarShard
 from pipeline.errors import UsageError
-from pipeline.catalog_export import export_columns
 from pipeline.store.base import TMP_DIR
 
 

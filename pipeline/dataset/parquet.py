@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import parquet
+from pipeline.catalog_export import parquet_type
 from pipeline.dataset.samples import Sample
 from pipeline.errors import UsageError
-from pipeline.catalog_export import parquet_type
 
 _ROW_GROUP_SAMPLES = 256  # Parquet: samples per row group (their bytes are held until written)
 _ROW_GROUP_BYTES = 64 * 1024 * 1024

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipeline.catalog_export import flatten
 from pipeline.config import RunConfig
 from pipeline.errors import StorageError
-from pipeline.catalog_export import flatten
 
 KEY_DIGITS = 9
 

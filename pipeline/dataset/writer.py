@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import Catalog
+from pipeline.catalog_export import export_columns
 from pipeline.config import RunConfig
 from pipeline.dataset.parquet import ParquetShard, require_pyarrow
 from pipeline.dataset.paths import EXTENSIONS, STATS_NAME, dataset_dir
@@ -24,7 +25,6 @@ from pipeline.dataset.shards import Part, ShardFile, Shards
 from pipeline.dataset.sinks import LocalSink, open_sink
 from pipeline.dataset.tar import TarShard
 from pipeline.errors import UsageError
-from pipeline.catalog_export import export_columns
 from pipeline.store.base import TMP_DIR
 
 _SELECT_CHUNK = 500  # rows asked for in one IN (…): under SQLite's variable limit
