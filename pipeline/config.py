@@ -175,7 +175,7 @@ class RunConfig:
     out: Path | str  # a local folder, or an fsspec URL (s3://, gs://, memory://) kept as str
     procs: int = field(default_factory=default_procs)
     shard_size: int = 500
-    # Pillow threads per worker (it releases the GIL; see ARCHITECTURE.md). One per process
+    # Pillow threads per worker (it releases the GIL; see docs/design.md). One per process
     # when there is one process per core: a second one only adds switching (bench/handoff.py).
     cpu_threads: int = 1
     url_column: str = "url"

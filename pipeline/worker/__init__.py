@@ -16,12 +16,12 @@ Inside, one asyncio loop with one aiohttp session per process (both kept for the
 downloads each batch's unique sources (up to ``--concurrency`` in flight, paced by
 net/admission.py) and hands each body to a small thread pool for the Pillow work. Pillow
 releases the GIL while it decodes, resizes and encodes to a file, so the loop keeps
-downloading while the threads use the core (measured: ARCHITECTURE.md).
+downloading while the threads use the core (measured: docs/design.md).
 
 The loop runs on a thread of its own, so a process holds many batches at once and the
 pool's call returns as soon as the process is about to run out of rows to start: every
 process pulls work at its own pace, and a row waiting on a silent server holds one download
-slot, nothing more (issue 10; ARCHITECTURE.md, "Rows, not shards, hold the machine").
+slot, nothing more (issue 10; docs/design.md, "Rows, not shards, hold the machine").
 
 The parent imports ``protocol`` (the executors) and ``items.invalid_item`` (the runner);
 aiohttp and Pillow are imported only inside the functions that run in a worker. Names with a
