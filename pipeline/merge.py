@@ -57,7 +57,7 @@ def find_partitions(folder: Path) -> tuple[int, dict[int, Path]]:
     if len(found) > 1:
         counts = ", ".join(str(n) for n in sorted(found))
         raise UsageError(
-            f"{folder} holds partitions of runs with different --num-workers ({counts}); keep one"
+            f"{folder} holds partitions of runs with different --partitions ({counts}); keep one"
         )
     ((n, parts),) = found.items()
     return n, parts

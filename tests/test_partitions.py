@@ -121,7 +121,7 @@ def test_find_partitions_needs_one_consistent_set(tmp_path: Path) -> None:
         find_partitions(tmp_path)
     (tmp_path / "catalog-0-of-2.sqlite").touch()
     (tmp_path / "catalog-0-of-3.sqlite").touch()
-    with pytest.raises(UsageError, match=r"different --num-workers \(2, 3\)"):
+    with pytest.raises(UsageError, match=r"different --partitions \(2, 3\)"):
         find_partitions(tmp_path)
 
 
