@@ -254,13 +254,3 @@ def _unlink_quietly(path: Path) -> None:
     except OSError:
         # The original error matters more than a failed cleanup; clear_temp() retries.
         pass
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError:
-        # The original error matters more than a failed cleanup; clear_temp() retries.
-        pass
