@@ -225,6 +225,49 @@ def describe(view: int) -> tuple[str, str]:
     )
 
 
+# A thumbnail's glance, what its signature is made from and all a pair settled by its whole
+# views or its colours needs: the 32x32 whole view times 16 (exact integers: each pixel is the
+# mean of 4x4 of the 128 px read) as uint16, and the 8x8 RGB grid as uint8. 2.2 KB a
+# thumbnail, so the variant pass can hand every content's to the checks (no second decode).
+Glance = tuple[np.ndarray, np.ndarray]
+
+
+def glance(gray: np.ndarray, grid: np.ndarray) -> Glance:
+    """The glance of a thumbnail read as ``thumbnail_view`` reads it (``_SOURCE`` px)."""
+    return glance_stack(gray[None], grid[None])[0][0], grid.astype(np.uint8)
+
+
+def glance_stack(gray: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The glances of a stack of reads: (images, 1024) uint16 whole views, (images, 64, 3) uint8 grids."""
+    whole = box_view_stack(gray, BOXES[:1])[:, 0]
+    return np.rint(whole * 16).astype(np.uint16), grid.astype(np.uint8)
+
+
+def _signature(raw16: np.ndarray, grid: np.ndarray) -> _Signature:
+    raw = raw16.astype(np.float64) / 16
+    half = SIDE // _COARSE
+    coarse = raw.reshape(_COARSE, half, _COARSE, half).mean(axis=(1, 3)).reshape(1, -1)
+    rgb = grid.astype(np.float64)
+    return _Signature(
+        whole=normalize(raw[None])[0],
+        coarse=normalize(coarse, _COARSE)[0],
+        raw=raw.astype(np.float32),
+        mean=float(raw.mean()),
+        tint=rgb if is_colourful(rgb) else None,
+    )
+
+
+_HUE_SLACK = 1e-6  # the colour gate passes a pair this close to MIN_HUE: the full check decides
+
+
+def _unit_chroma(grids: np.ndarray) -> np.ndarray:
+    """8x8 RGB grids' chroma (RGB minus its grey), each as one unit vector (a row; a single
+    grid gives one flat vector): dot products of two are ``colour_agreement``."""
+    x = grids - grids.mean(axis=-1, keepdims=True)
+    x = x.reshape(*grids.shape[:-2], -1)
+    return x / np.maximum(np.sqrt((x * x).sum(axis=-1, keepdims=True)), 1e-12)
+
+
 @dataclass(frozen=True, slots=True)
 class _Signature:
     whole: np.ndarray  # the normalised whole view (intensity half, edge half)
@@ -470,7 +513,14 @@ class ThumbnailCheck:
     ``views[key]`` is the index of the view that matched best (``describe`` names it).
     """
 
-    def __init__(self, out: Path, thumbs: dict[int, str | None], known: dict[tuple[str, str], float]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        thumbs: dict[int, str | None],
+        known: dict[tuple[str, str], float],
+        *,
+        given: dict[int, Glance] | None = None,
+    ) -> None:
         self.out = out
         self.thumbs = thumbs  # content row -> thumbnail path relative to OUT
         self.known = known
@@ -478,6 +528,10 @@ class ThumbnailCheck:
         self.views: dict[tuple[str, str], int] = {}
         self.reused = 0
         self.signatures: dict[int, _Signature] = {}
+        # Glances already made (by the variant pass): a pair settled by its whole views or
+        # its colours then decodes nothing.
+        self.given = given or {}
+        self._crop_tints: dict[int, np.ndarray] = {}
         # Pixels read for signatures during one score_batch, for its searches (not decoded twice).
         self._held: dict[int, tuple[np.ndarray, np.ndarray, float]] | None = None
 
@@ -515,7 +569,13 @@ class ThumbnailCheck:
         view = dict.fromkeys(todo, 0)
         # The two views the best score compared: (pixels of one side's view, the other's whole).
         compared = {k: (self.signatures[rows_a[k]].raw, self.signatures[rows_b[k]].raw) for k in todo}
-        open_ = [k for k in todo if best[k] < STOP]
+        # A pair whose colours no view can reconcile scores 0 whatever its structure: no
+        # crop, turn or mask is searched for it (most false candidates of a big catalog).
+        shut = [k for k in todo if best[k] < STOP and not self._hue_possible(rows_a[k], rows_b[k])]
+        for k in shut:
+            best[k] = 0.0
+        closed = set(shut)
+        open_ = [k for k in todo if best[k] < STOP and k not in closed]
         partners: dict[int, list[tuple[int, int]]] = {}
         for k in open_:
             partners.setdefault(rows_a[k], []).append((k, rows_b[k]))
@@ -552,13 +612,38 @@ class ThumbnailCheck:
         score, at = masked_score(a.raw, b.raw, allowed)
         return (score, len(BOXES) + len(TURNS) + at) if score > value else (value, view)
 
+    def _hue_possible(self, row_a: int, row_b: int) -> bool:
+        """Whether some view of the pair could pass the colour test of ``_combine`` (as it is,
+        cropped by one of BOXES on either side, a turn, or with one of MASKS left out):
+        when not, the pair's verdict is 0 whatever its structure. A hair lenient
+        (``_HUE_SLACK``), so rounding never shuts a pair the full check would pass."""
+        ta, tb = self.signature(row_a).tint, self.signature(row_b).tint
+        if ta is None or tb is None or colour_agreement(ta, tb) >= MIN_HUE - _HUE_SLACK:
+            return True
+        if any(colour_agreement(ta[keep], tb[keep]) >= MIN_HUE - _HUE_SLACK for keep in _MASK_CELLS):
+            return True
+        return any(
+            float((self._cropped_chroma(x) @ _unit_chroma(y)).max()) >= MIN_HUE - _HUE_SLACK
+            for x, y in ((row_a, tb), (row_b, ta))
+        )
+
+    def _cropped_chroma(self, row: int) -> np.ndarray:
+        """Unit chroma vectors (rows) of the 8x8 grid of each crop of BOXES[1:] of ``row``."""
+        if row not in self._crop_tints:
+            tint = self.signature(row).tint
+            assert tint is not None
+            grid = np.ascontiguousarray(tint.reshape(8, 8, 3).transpose(2, 0, 1))
+            crops = box_view_stack(grid, BOXES[1:], side=8).transpose(1, 2, 0)  # (crops, 64, 3)
+            self._crop_tints[row] = _unit_chroma(crops)
+        return self._crop_tints[row]
+
     def _whole(self, row_a: int, row_b: int) -> float:
         return float(self.signature(row_a).whole @ self.signature(row_b).whole)
 
     def _search(self, row: int, others: list[int]) -> tuple[list[float], list[int], list[np.ndarray]]:
         """Best score, view and its pixels of ``row``'s crops and turns against each of
         ``others``' whole view: all at _COARSE, the _REFINE best for each at SIDE."""
-        gray, _, aspect = self._held[row] if self._held and row in self._held else self._pixels(row)
+        gray, _, aspect = self._gray(row)
         coarse = normalize(
             np.vstack([box_views(gray, BOXES, _COARSE), turned_views(gray, aspect, TURNS, _COARSE)]), _COARSE
         )
@@ -597,19 +682,21 @@ class ThumbnailCheck:
 
     def signature(self, row: int) -> _Signature:
         if row not in self.signatures:
-            pixels = self._pixels(row)
-            if self._held is not None:
-                self._held[row] = pixels
-            gray, rgb, _ = pixels
-            whole = box_views(gray, BOXES[:1])
-            self.signatures[row] = _Signature(
-                whole=normalize(whole)[0],
-                coarse=normalize(box_views(gray, BOXES[:1], _COARSE), _COARSE)[0],
-                raw=whole[0].astype(np.float32),
-                mean=float(whole.mean()),
-                tint=rgb if is_colourful(rgb) else None,
-            )
+            given = self.given.get(row)
+            if given is None:
+                gray, rgb, _ = self._gray(row)
+                given = glance(gray, rgb)
+            self.signatures[row] = _signature(*given)
         return self.signatures[row]
+
+    def _gray(self, row: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """The thumbnail's pixels, decoded once per ``score_batch`` (held for its searches)."""
+        if self._held is not None and row in self._held:
+            return self._held[row]
+        pixels = self._pixels(row)
+        if self._held is not None:
+            self._held[row] = pixels
+        return pixels
 
     def tint(self, row: int) -> np.ndarray | None:
         return self.signature(row).tint
