@@ -290,22 +290,38 @@ def box_view_stack(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.
     """(images, boxes, side * side) area-averaged views of each of ``gray`` (images, h, w)."""
     count, h, w = gray.shape
     integral = np.zeros((count, h + 1, w + 1))
-    integral[:, 1:, 1:] = gray.cumsum(axis=1).cumsum(axis=2)
+    np.cumsum(gray, axis=1, out=integral[:, 1:, 1:])
+    np.cumsum(integral[:, 1:, 1:], axis=2, out=integral[:, 1:, 1:])
+    corners, weights, area = _box_samples(boxes.tobytes(), len(boxes), h, w, side)
+    flat = integral.reshape(count, -1)
+    at = (
+        weights[0] * flat[:, corners[0]]
+        + weights[1] * flat[:, corners[1]]
+        + weights[2] * flat[:, corners[2]]
+        + weights[3] * flat[:, corners[3]]
+    ).reshape(count, len(boxes), side + 1, side + 1)
+    sums = at[:, :, 1:, 1:] - at[:, :, :-1, 1:] - at[:, :, 1:, :-1] + at[:, :, :-1, :-1]
+    return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
+
+
+@functools.lru_cache(maxsize=64)  # BOXES at two sides, the variants', a few nudged crops
+def _box_samples(
+    boxes_bytes: bytes, n: int, h: int, w: int, side: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the integral image is read for each box's grid corners (4 flat positions each,
+    bilinear at fractional edges), their weights, and each box's pixel area per view pixel."""
+    boxes = np.frombuffer(boxes_bytes).reshape(n, 4)
     steps = np.linspace(0.0, 1.0, side + 1)
     xs = (boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps) * w
     ys = (boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps) * h
     xi, yi = np.clip(xs.astype(np.int64), 0, w - 1), np.clip(ys.astype(np.int64), 0, h - 1)
     fx, fy = (xs - xi)[:, None, :], (ys - yi)[:, :, None]
     x, y = xi[:, None, :], yi[:, :, None]
-    at = (
-        (1 - fy) * (1 - fx) * integral[:, y, x]
-        + (1 - fy) * fx * integral[:, y, x + 1]
-        + fy * (1 - fx) * integral[:, y + 1, x]
-        + fy * fx * integral[:, y + 1, x + 1]
-    )
-    sums = at[:, :, 1:, 1:] - at[:, :, :-1, 1:] - at[:, :, 1:, :-1] + at[:, :, :-1, :-1]
+    at = y * (w + 1) + x
+    corners = np.stack([at, at + 1, at + w + 1, at + w + 2]).reshape(4, -1)
+    weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]).reshape(4, -1)
     area = (boxes[:, 2] - boxes[:, 0]) * w * (boxes[:, 3] - boxes[:, 1]) * h / (side * side)
-    return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
+    return corners, weights, area
 
 
 def normalize(views: np.ndarray, side: int = SIDE) -> np.ndarray:
