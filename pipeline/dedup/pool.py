@@ -97,7 +97,11 @@ class CheckPool:
         every content's thumbnail is read for them, the bulk of a catalog's reads. Their
         glances are kept for the checks (a pair settled by them decodes nothing)."""
         jobs = [
-            (self.out, {r: self.thumbs.get(r) for r in rows[k : k + VARIANT_BATCH]}, rows[k : k + VARIANT_BATCH])
+            (
+                self.out,
+                {r: self.thumbs.get(r) for r in rows[k : k + VARIANT_BATCH]},
+                rows[k : k + VARIANT_BATCH],
+            )
             for k in range(0, len(rows), VARIANT_BATCH)
         ]
         found = self._map(variant_batch, jobs, len(rows) // 4)

@@ -239,8 +239,12 @@ def glance(gray: np.ndarray, grid: np.ndarray) -> Glance:
 
 def glance_stack(gray: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The glances of a stack of reads: (images, 1024) uint16 whole views, (images, 64, 3) uint8 grids."""
-    whole = box_view_stack(gray, BOXES[:1])[:, 0]
-    return np.rint(whole * 16).astype(np.uint16), grid.astype(np.uint8)
+    count, h, w = gray.shape
+    if h == w == 4 * SIDE:  # the whole view's pixels are sums of 4x4 blocks, as box_views makes them
+        sums = gray.reshape(count, SIDE, 4, SIDE, 4).sum(axis=(2, 4)).reshape(count, -1)
+    else:
+        sums = box_view_stack(gray, BOXES[:1])[:, 0] * 16
+    return np.rint(sums).astype(np.uint16), grid.astype(np.uint8)
 
 
 def _signature(raw16: np.ndarray, grid: np.ndarray) -> _Signature:
@@ -536,8 +540,10 @@ class ThumbnailCheck:
         known: dict[tuple[str, str], float],
         *,
         given: dict[int, Glance] | None = None,
+        gate: bool = True,
     ) -> None:
         self.out = out
+        self.gate = gate  # shut pairs whose colours no view reconciles (exact; off only to test it)
         self.thumbs = thumbs  # content row -> thumbnail path relative to OUT
         self.known = known
         self.new: dict[tuple[str, str], float] = {}
@@ -587,7 +593,9 @@ class ThumbnailCheck:
         compared = {k: (self.signatures[rows_a[k]].raw, self.signatures[rows_b[k]].raw) for k in todo}
         # A pair whose colours no view can reconcile scores 0 whatever its structure: no
         # crop, turn or mask is searched for it (most false candidates of a big catalog).
-        shut = [k for k in todo if best[k] < STOP and not self._hue_possible(rows_a[k], rows_b[k])]
+        shut = [
+            k for k in todo if self.gate and best[k] < STOP and not self._hue_possible(rows_a[k], rows_b[k])
+        ]
         for k in shut:
             best[k] = 0.0
         closed = set(shut)
