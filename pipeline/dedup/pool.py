@@ -3,9 +3,11 @@
 ``dedup`` decides what to check, in order, in the parent; this module only scores the
 pairs it is handed. A list of pairs is cut into batches of ``BATCH`` pairs, always the
 same way whatever the number of processes, and each batch is scored by one
-``ThumbnailCheck.score_batch`` (each thumbnail of the batch read once for its signature,
-once for its crops), which also returns the colour grids of its rows: the parent needs
-them for group seeds and would otherwise read those thumbnails again, one at a time. With one process the batches run in the parent; else on a ``spawn``
+``ThumbnailCheck.score_batch`` (each thumbnail of the batch read at most once, and only
+if one of its pairs needs crops or turns: the variant pass keeps every content's glance,
+``thumbcheck.Glance``, and hands a batch those of its rows), which also returns the colour
+grids of its rows: the parent needs them for group seeds (and has them from the glances
+where there are). With one process the batches run in the parent; else on a ``spawn``
 pool started on first use (a pool costs ~1 s to start, more than a few hundred checks).
 The same batches give the same floats, so the groups do not depend on the process count.
 """
