@@ -339,7 +339,7 @@ def box_view_stack(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.
     return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
 
 
-@functools.lru_cache(maxsize=64)  # BOXES at two sides, the variants', a few nudged crops
+@functools.lru_cache(maxsize=8)  # BOXES at 16 (8 MB), the variants at 32; fine and nudged crops come and go
 def _box_samples(
     boxes_bytes: bytes, n: int, h: int, w: int, side: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
