@@ -3,9 +3,11 @@
 ``dedup`` decides what to check, in order, in the parent; this module only scores the
 pairs it is handed. A list of pairs is cut into batches of ``BATCH`` pairs, always the
 same way whatever the number of processes, and each batch is scored by one
-``ThumbnailCheck.score_batch`` (each thumbnail of the batch read once for its signature,
-once for its crops), which also returns the colour grids of its rows: the parent needs
-them for group seeds and would otherwise read those thumbnails again, one at a time. With one process the batches run in the parent; else on a ``spawn``
+``ThumbnailCheck.score_batch`` (each thumbnail of the batch read at most once, and only
+if one of its pairs needs crops or turns: the variant pass keeps every content's glance,
+``thumbcheck.Glance``, and hands a batch those of its rows), which also returns the colour
+grids of its rows: the parent needs them for group seeds (and has them from the glances
+where there are). With one process the batches run in the parent; else on a ``spawn``
 pool started on first use (a pool costs ~1 s to start, more than a few hundred checks).
 The same batches give the same floats, so the groups do not depend on the process count.
 """
@@ -25,8 +27,11 @@ from pipeline.dedup.thumbcheck import (
     _VARIANT_BOXES,
     _VARIANT_TURNS,
     SIDE,
+    Glance,
     ThumbnailCheck,
     box_view_stack,
+    glance_stack,
+    is_colourful,
     phashes,
     turned_view_stack,
 )
@@ -58,17 +63,30 @@ class CheckPool:
         self._pool: ProcessPoolExecutor | None = None
         self.tints: dict[int, np.ndarray | None] = {}  # row -> 8x8 RGB grid if in colour
         self.views: dict[tuple[str, str], int] = {}  # the view that matched (``describe`` names it)
+        # Every content's glance, from the variant pass (``thumbcheck.Glance``): row -> its index.
+        self._glanced: dict[int, int] = {}
+        self._raw16 = np.empty((0, SIDE * SIDE), np.uint16)
+        self._grid8 = np.empty((0, 64, 3), np.uint8)
+
+    def _given(self, rows: set[int]) -> dict[int, Glance]:
+        return {r: (self._raw16[i], self._grid8[i]) for r in rows if (i := self._glanced.get(r)) is not None}
 
     def score(self, pairs: list[Pair], tints: Sequence[int] = ()) -> dict[tuple[str, str], float]:
         """Verdicts of ``pairs``; the colour grids of their rows and of ``tints`` land in ``self.tints``."""
-        jobs: list[tuple[Path, dict[int, str | None], list[Pair], list[int]]] = []
+        jobs: list[tuple[Path, dict[int, str | None], list[Pair], list[int], dict[int, Glance]]] = []
         pairs = sorted(pairs)  # a row's pairs side by side: read once in one batch, not in several
         for k in range(0, len(pairs), BATCH):
             batch = pairs[k : k + BATCH]
-            jobs.append((self.out, {r: self.thumbs.get(r) for p in batch for r in (p[0], p[2])}, batch, []))
+            rows = {r for p in batch for r in (p[0], p[2])}
+            jobs.append((self.out, {r: self.thumbs.get(r) for r in rows}, batch, [], self._given(rows)))
+        for r in tints:  # colour grids from the glances where there are
+            if (i := self._glanced.get(r)) is not None:
+                grid = self._grid8[i].astype(np.float64)
+                self.tints[r] = grid if is_colourful(grid) else None
+        tints = [r for r in tints if r not in self._glanced]
         for k in range(0, len(tints), 4 * BATCH):
             rows = list(tints[k : k + 4 * BATCH])
-            jobs.append((self.out, {r: self.thumbs.get(r) for r in rows}, [], rows))
+            jobs.append((self.out, {r: self.thumbs.get(r) for r in rows}, [], rows, {}))
         found: dict[tuple[str, str], float] = {}
         for verdicts, views, grids in self._map(score_batch, jobs, len(pairs) + len(tints) // 4):
             found.update(verdicts)
@@ -78,13 +96,23 @@ class CheckPool:
 
     def variant_hashes(self, rows: list[int]) -> np.ndarray:
         """``ThumbnailCheck.variant_hashes`` of each of ``rows`` (one row each), on the pool:
-        every content's thumbnail is read for them, the bulk of a catalog's reads."""
+        every content's thumbnail is read for them, the bulk of a catalog's reads. Their
+        glances are kept for the checks (a pair settled by them decodes nothing)."""
         jobs = [
-            (self.out, {r: self.thumbs.get(r) for r in rows[k : k + VARIANT_BATCH]}, rows[k : k + VARIANT_BATCH])
+            (
+                self.out,
+                {r: self.thumbs.get(r) for r in rows[k : k + VARIANT_BATCH]},
+                rows[k : k + VARIANT_BATCH],
+            )
             for k in range(0, len(rows), VARIANT_BATCH)
         ]
         found = self._map(variant_batch, jobs, len(rows) // 4)
-        return np.vstack(found) if found else np.empty((0, 0), np.uint64)
+        if not found:
+            return np.empty((0, 0), np.uint64)
+        self._glanced = {r: i for i, r in enumerate(rows)}
+        self._raw16 = np.concatenate([raw for _, raw, _ in found])
+        self._grid8 = np.concatenate([grid for _, _, grid in found])
+        return np.vstack([hashes for hashes, _, _ in found])
 
     def _map(self, fn: Callable[..., _T], jobs: list[tuple[Any, ...]], weight: int) -> list[_T]:
         """``fn`` over ``jobs``, in order: in the parent for one process, a single job or too
@@ -108,16 +136,23 @@ class CheckPool:
         self.close()
 
 
-def variant_batch(out: Path, thumbs: dict[int, str | None], rows: list[int]) -> np.ndarray:
+def variant_batch(
+    out: Path, thumbs: dict[int, str | None], rows: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The variant pHashes of ``rows`` (in a worker or the parent), one row each: the same
-    values as ``ThumbnailCheck.variant_hashes``, computed for the whole batch at once."""
+    values as ``ThumbnailCheck.variant_hashes``, computed for the whole batch at once; and
+    their glances (``thumbcheck.glance_stack``: whole views, colour grids), from the same read."""
     check = ThumbnailCheck(out, thumbs, {})
     views = []
+    raws, grids = [], []
     for k in range(0, len(rows), _STACK):
         read = [check._pixels(r) for r in rows[k : k + _STACK]]  # its errors name the thumbnail and row
         gray = np.stack([g for g, _, _ in read])
         aspect = np.array([a for _, _, a in read])
         views += [box_view_stack(gray, _VARIANT_BOXES), turned_view_stack(gray, aspect, _VARIANT_TURNS)]
+        raw, grid = glance_stack(gray, np.stack([c for _, c, _ in read]))
+        raws.append(raw)
+        grids.append(grid)
     hashes = phashes(np.concatenate([v.reshape(-1, SIDE * SIDE) for v in views]))
     # Back in row order: each stack's box views, then its turned ones.
     per_row = []
@@ -129,16 +164,21 @@ def variant_batch(out: Path, thumbs: dict[int, str | None], rows: list[int]) -> 
         t = hashes[at + count * nb : at + count * (nb + nt)].reshape(count, nt)
         per_row.append(np.hstack([b, t]))
         at += count * (nb + nt)
-    return np.vstack(per_row)
+    return np.vstack(per_row), np.concatenate(raws), np.concatenate(grids)
 
 
 def score_batch(
-    out: Path, thumbs: dict[int, str | None], pairs: list[Pair], rows: list[int]
+    out: Path,
+    thumbs: dict[int, str | None],
+    pairs: list[Pair],
+    rows: list[int],
+    given: dict[int, Glance] | None = None,
 ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], int], dict[int, np.ndarray | None]]:
     """One batch (in a worker or the parent): verdicts keyed as ``ThumbnailCheck.new``, the
     view each matched by (the catalog keeps what was found), and the colour grid of every
-    row it read (``dedup`` needs those of group seeds)."""
-    check = ThumbnailCheck(out, thumbs, {})
+    row it read (``dedup`` needs those of group seeds). ``given``: glances already made, so
+    only the thumbnails of pairs that need crops or turns are decoded."""
+    check = ThumbnailCheck(out, thumbs, {}, given=given)
     if pairs:
         rows_a, shas_a, rows_b, shas_b = (list(c) for c in zip(*pairs))
         check.score_batch(rows_a, shas_a, rows_b, shas_b)

@@ -23,6 +23,15 @@ crop and turn at 16x16, and only the ``_REFINE`` best of them on each side at 32
 the masks. A thumbnail costs its decode and whole view; the views only when a pair of it
 is not settled by the whole picture.
 
+Two shortcuts keep the same verdicts, float for float (issue 13, scale; tested): a pair
+below ``STOP`` whose 8x8 colour grids no view could reconcile (whole, any crop of BOXES on
+either side, any of MASKS left out: ``_hue_possible``) scores 0 at once, as ``_combine``
+would give it after the search (most false candidates of a big catalog: the search cost
+~12 ms of CPU a pair, the gate ~2-4 ms); and a thumbnail's signature is made from its
+``Glance`` (the whole view and the colour grid, 2.2 KB), which the variant pass already
+made from the same read, so a pair settled by its whole views or its colours decodes
+nothing (``given``).
+
 ``variant_hashes`` gives the candidate search pHashes of crops (5%, 10%: centre and
 corners; 10% off one edge) and turns (+-2, +-4 degrees) of each thumbnail, computed at dedup time, so a copy
 cropped or turned past the pHash radius still becomes a candidate.
@@ -225,6 +234,75 @@ def describe(view: int) -> tuple[str, str]:
     )
 
 
+# A thumbnail's glance, what its signature is made from and all a pair settled by its whole
+# views or its colours needs: the 32x32 whole view times 16 (exact integers: each pixel is the
+# mean of 4x4 of the 128 px read) as uint16, and the 8x8 RGB grid as uint8. 2.2 KB a
+# thumbnail, so the variant pass can hand every content's to the checks (no second decode).
+Glance = tuple[np.ndarray, np.ndarray]
+
+
+def glance(gray: np.ndarray, grid: np.ndarray) -> Glance:
+    """The glance of a thumbnail read as ``thumbnail_view`` reads it (``_SOURCE`` px)."""
+    return glance_stack(gray[None], grid[None])[0][0], grid.astype(np.uint8)
+
+
+def glance_stack(gray: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The glances of a stack of reads: (images, 1024) uint16 whole views, (images, 64, 3) uint8 grids."""
+    count, h, w = gray.shape
+    if h == w == 4 * SIDE:  # the whole view's pixels are sums of 4x4 blocks, as box_views makes them
+        sums = gray.reshape(count, SIDE, 4, SIDE, 4).sum(axis=(2, 4)).reshape(count, -1)
+    else:
+        sums = box_view_stack(gray, BOXES[:1])[:, 0] * 16
+    return np.rint(sums).astype(np.uint16), grid.astype(np.uint8)
+
+
+def _signature(raw16: np.ndarray, grid: np.ndarray) -> _Signature:
+    raw = raw16.astype(np.float64) / 16
+    half = SIDE // _COARSE
+    coarse = raw.reshape(_COARSE, half, _COARSE, half).mean(axis=(1, 3)).reshape(1, -1)
+    rgb = grid.astype(np.float64)
+    return _Signature(
+        whole=normalize(raw[None])[0],
+        coarse=normalize(coarse, _COARSE)[0],
+        raw=raw.astype(np.float32),
+        mean=float(raw.mean()),
+        tint=rgb if is_colourful(rgb) else None,
+    )
+
+
+_HUE_SLACK = 1e-6  # the colour gate passes a pair this close to MIN_HUE: the full check decides
+
+
+@functools.cache
+def _crop_cells() -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 colour grid of each crop of BOXES[1:] as a weighted sum of 4 cells of the
+    whole grid: (4, crops * 64) cell indices and (4, crops * 64, 1) weights. A crop of at
+    most 12.5% makes each cell from at most 2 x 2 cells, so 4 gathers of (R, G, B) rows
+    give every crop's grid (``box_view_stack`` per channel read 3 x 81 integral corners a
+    crop: ~1.6x the time), the same grids to ~1e-11."""
+    eye = np.eye(8)
+    n = len(BOXES) - 1
+    rows = box_view_stack(np.repeat(eye[:, :, None], 8, axis=2), BOXES[1:], 8).reshape(8, n, 8, 8)
+    cols = box_view_stack(np.repeat(eye[:, None, :], 8, axis=1), BOXES[1:], 8).reshape(8, n, 8, 8)
+    ay, ax = rows[:, :, :, 0].transpose(1, 2, 0), cols[:, :, 0, :].transpose(1, 2, 0)  # (crop, out, in)
+    iy, ix = (
+        np.sort(np.argsort(-ay, axis=2)[:, :, :2], axis=2),
+        np.sort(np.argsort(-ax, axis=2)[:, :, :2], axis=2),
+    )
+    wy, wx = np.take_along_axis(ay, iy, 2), np.take_along_axis(ax, ix, 2)
+    cells = (iy[:, :, None, :, None] * 8 + ix[:, None, :, None, :]).reshape(n * 64, 4)
+    weights = (wy[:, :, None, :, None] * wx[:, None, :, None, :]).reshape(n * 64, 4)
+    return np.ascontiguousarray(cells.T), np.ascontiguousarray(weights.T[:, :, None])
+
+
+def _unit_chroma(grids: np.ndarray) -> np.ndarray:
+    """8x8 RGB grids' chroma (RGB minus its grey), each as one unit vector (a row; a single
+    grid gives one flat vector): dot products of two are ``colour_agreement``."""
+    x = grids - grids.mean(axis=-1, keepdims=True)
+    x = x.reshape(*grids.shape[:-2], -1)
+    return x / np.maximum(np.sqrt((x * x).sum(axis=-1, keepdims=True)), 1e-12)
+
+
 @dataclass(frozen=True, slots=True)
 class _Signature:
     whole: np.ndarray  # the normalised whole view (intensity half, edge half)
@@ -247,22 +325,38 @@ def box_view_stack(gray: np.ndarray, boxes: np.ndarray, side: int = SIDE) -> np.
     """(images, boxes, side * side) area-averaged views of each of ``gray`` (images, h, w)."""
     count, h, w = gray.shape
     integral = np.zeros((count, h + 1, w + 1))
-    integral[:, 1:, 1:] = gray.cumsum(axis=1).cumsum(axis=2)
+    np.cumsum(gray, axis=1, out=integral[:, 1:, 1:])
+    np.cumsum(integral[:, 1:, 1:], axis=2, out=integral[:, 1:, 1:])
+    corners, weights, area = _box_samples(boxes.tobytes(), len(boxes), h, w, side)
+    flat = integral.reshape(count, -1)
+    at = (
+        weights[0] * flat[:, corners[0]]
+        + weights[1] * flat[:, corners[1]]
+        + weights[2] * flat[:, corners[2]]
+        + weights[3] * flat[:, corners[3]]
+    ).reshape(count, len(boxes), side + 1, side + 1)
+    sums = at[:, :, 1:, 1:] - at[:, :, :-1, 1:] - at[:, :, 1:, :-1] + at[:, :, :-1, :-1]
+    return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
+
+
+@functools.lru_cache(maxsize=8)  # BOXES at 16 (8 MB), the variants at 32; fine and nudged crops come and go
+def _box_samples(
+    boxes_bytes: bytes, n: int, h: int, w: int, side: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the integral image is read for each box's grid corners (4 flat positions each,
+    bilinear at fractional edges), their weights, and each box's pixel area per view pixel."""
+    boxes = np.frombuffer(boxes_bytes).reshape(n, 4)
     steps = np.linspace(0.0, 1.0, side + 1)
     xs = (boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps) * w
     ys = (boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps) * h
     xi, yi = np.clip(xs.astype(np.int64), 0, w - 1), np.clip(ys.astype(np.int64), 0, h - 1)
     fx, fy = (xs - xi)[:, None, :], (ys - yi)[:, :, None]
     x, y = xi[:, None, :], yi[:, :, None]
-    at = (
-        (1 - fy) * (1 - fx) * integral[:, y, x]
-        + (1 - fy) * fx * integral[:, y, x + 1]
-        + fy * (1 - fx) * integral[:, y + 1, x]
-        + fy * fx * integral[:, y + 1, x + 1]
-    )
-    sums = at[:, :, 1:, 1:] - at[:, :, :-1, 1:] - at[:, :, 1:, :-1] + at[:, :, :-1, :-1]
+    at = y * (w + 1) + x
+    corners = np.stack([at, at + 1, at + w + 1, at + w + 2]).reshape(4, -1)
+    weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]).reshape(4, -1)
     area = (boxes[:, 2] - boxes[:, 0]) * w * (boxes[:, 3] - boxes[:, 1]) * h / (side * side)
-    return sums.reshape(count, len(boxes), side * side) / area[None, :, None]
+    return corners, weights, area
 
 
 def normalize(views: np.ndarray, side: int = SIDE) -> np.ndarray:
@@ -470,14 +564,27 @@ class ThumbnailCheck:
     ``views[key]`` is the index of the view that matched best (``describe`` names it).
     """
 
-    def __init__(self, out: Path, thumbs: dict[int, str | None], known: dict[tuple[str, str], float]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        thumbs: dict[int, str | None],
+        known: dict[tuple[str, str], float],
+        *,
+        given: dict[int, Glance] | None = None,
+        gate: bool = True,
+    ) -> None:
         self.out = out
+        self.gate = gate  # shut pairs whose colours no view reconciles (exact; off only to test it)
         self.thumbs = thumbs  # content row -> thumbnail path relative to OUT
         self.known = known
         self.new: dict[tuple[str, str], float] = {}
         self.views: dict[tuple[str, str], int] = {}
         self.reused = 0
         self.signatures: dict[int, _Signature] = {}
+        # Glances already made (by the variant pass): a pair settled by its whole views or
+        # its colours then decodes nothing.
+        self.given = given or {}
+        self._crop_tints: dict[int, np.ndarray] = {}
         # Pixels read for signatures during one score_batch, for its searches (not decoded twice).
         self._held: dict[int, tuple[np.ndarray, np.ndarray, float]] | None = None
 
@@ -515,7 +622,15 @@ class ThumbnailCheck:
         view = dict.fromkeys(todo, 0)
         # The two views the best score compared: (pixels of one side's view, the other's whole).
         compared = {k: (self.signatures[rows_a[k]].raw, self.signatures[rows_b[k]].raw) for k in todo}
-        open_ = [k for k in todo if best[k] < STOP]
+        # A pair whose colours no view can reconcile scores 0 whatever its structure: no
+        # crop, turn or mask is searched for it (most false candidates of a big catalog).
+        shut = [
+            k for k in todo if self.gate and best[k] < STOP and not self._hue_possible(rows_a[k], rows_b[k])
+        ]
+        for k in shut:
+            best[k] = 0.0
+        closed = set(shut)
+        open_ = [k for k in todo if best[k] < STOP and k not in closed]
         partners: dict[int, list[tuple[int, int]]] = {}
         for k in open_:
             partners.setdefault(rows_a[k], []).append((k, rows_b[k]))
@@ -552,13 +667,38 @@ class ThumbnailCheck:
         score, at = masked_score(a.raw, b.raw, allowed)
         return (score, len(BOXES) + len(TURNS) + at) if score > value else (value, view)
 
+    def _hue_possible(self, row_a: int, row_b: int) -> bool:
+        """Whether some view of the pair could pass the colour test of ``_combine`` (as it is,
+        cropped by one of BOXES on either side, a turn, or with one of MASKS left out):
+        when not, the pair's verdict is 0 whatever its structure. A hair lenient
+        (``_HUE_SLACK``), so rounding never shuts a pair the full check would pass."""
+        ta, tb = self.signature(row_a).tint, self.signature(row_b).tint
+        if ta is None or tb is None or colour_agreement(ta, tb) >= MIN_HUE - _HUE_SLACK:
+            return True
+        if any(colour_agreement(ta[keep], tb[keep]) >= MIN_HUE - _HUE_SLACK for keep in _MASK_CELLS):
+            return True
+        return any(
+            float((self._cropped_chroma(x) @ _unit_chroma(y)).max()) >= MIN_HUE - _HUE_SLACK
+            for x, y in ((row_a, tb), (row_b, ta))
+        )
+
+    def _cropped_chroma(self, row: int) -> np.ndarray:
+        """Unit chroma vectors (rows) of the 8x8 grid of each crop of BOXES[1:] of ``row``."""
+        if row not in self._crop_tints:
+            tint = self.signature(row).tint
+            assert tint is not None
+            cells, weights = _crop_cells()
+            crops = sum(weights[k] * tint[cells[k]] for k in range(4)).reshape(-1, 64, 3)
+            self._crop_tints[row] = _unit_chroma(crops)
+        return self._crop_tints[row]
+
     def _whole(self, row_a: int, row_b: int) -> float:
         return float(self.signature(row_a).whole @ self.signature(row_b).whole)
 
     def _search(self, row: int, others: list[int]) -> tuple[list[float], list[int], list[np.ndarray]]:
         """Best score, view and its pixels of ``row``'s crops and turns against each of
         ``others``' whole view: all at _COARSE, the _REFINE best for each at SIDE."""
-        gray, _, aspect = self._held[row] if self._held and row in self._held else self._pixels(row)
+        gray, _, aspect = self._gray(row)
         coarse = normalize(
             np.vstack([box_views(gray, BOXES, _COARSE), turned_views(gray, aspect, TURNS, _COARSE)]), _COARSE
         )
@@ -597,19 +737,21 @@ class ThumbnailCheck:
 
     def signature(self, row: int) -> _Signature:
         if row not in self.signatures:
-            pixels = self._pixels(row)
-            if self._held is not None:
-                self._held[row] = pixels
-            gray, rgb, _ = pixels
-            whole = box_views(gray, BOXES[:1])
-            self.signatures[row] = _Signature(
-                whole=normalize(whole)[0],
-                coarse=normalize(box_views(gray, BOXES[:1], _COARSE), _COARSE)[0],
-                raw=whole[0].astype(np.float32),
-                mean=float(whole.mean()),
-                tint=rgb if is_colourful(rgb) else None,
-            )
+            given = self.given.get(row)
+            if given is None:
+                gray, rgb, _ = self._gray(row)
+                given = glance(gray, rgb)
+            self.signatures[row] = _signature(*given)
         return self.signatures[row]
+
+    def _gray(self, row: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """The thumbnail's pixels, decoded once per ``score_batch`` (held for its searches)."""
+        if self._held is not None and row in self._held:
+            return self._held[row]
+        pixels = self._pixels(row)
+        if self._held is not None:
+            self._held[row] = pixels
+        return pixels
 
     def tint(self, row: int) -> np.ndarray | None:
         return self.signature(row).tint
