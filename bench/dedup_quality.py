@@ -94,7 +94,11 @@ try:  # the package layout (pipeline/dedup/, issue 15)
     from pipeline.dedup import search as _search
     VARIANT_RADIUS = _search.VARIANT_RADIUS
     BAND_RADIUS = getattr(_search, "BAND_RADIUS", VARIANT_RADIUS)
-    from pipeline.dedup.thumbcheck import BAND_COLUMNS, ThumbnailCheck
+    from pipeline.dedup.thumbcheck import ThumbnailCheck
+    try:
+        from pipeline.dedup.views import BAND_COLUMNS
+    except ImportError:  # before the views had a module
+        from pipeline.dedup.thumbcheck import BAND_COLUMNS
 except ImportError:  # pipeline/dedup.py and pipeline/thumbcheck.py
     from pipeline import dedup as d
     from pipeline.thumbcheck import ThumbnailCheck

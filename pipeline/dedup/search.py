@@ -8,7 +8,7 @@ from pipeline.config import DedupOptions
 from pipeline.dedup.groups import Grouper
 from pipeline.dedup.index import iter_pairs_across, iter_pairs_within, popcount
 from pipeline.dedup.items import Items
-from pipeline.dedup.thumbcheck import BAND_COLUMNS
+from pipeline.dedup.views import BAND_COLUMNS
 
 VARIANT_RADIUS = 8  # pHash bits between a cropped/turned variant and a stored pHash
 # Two copies cut the same way are nearly one picture (banner and logo copies of the quality
