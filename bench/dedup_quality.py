@@ -91,14 +91,21 @@ from pipeline.config import DedupOptions
 try:  # the package layout (pipeline/dedup/, issue 15)
     from pipeline.dedup import index as d
     from pipeline.dedup.items import load_items, thumb_paths
-    from pipeline.dedup.search import VARIANT_RADIUS
-    from pipeline.dedup.thumbcheck import BAND_COLUMNS, ThumbnailCheck
+    from pipeline.dedup import search as _search
+    VARIANT_RADIUS = _search.VARIANT_RADIUS
+    BAND_RADIUS = getattr(_search, "BAND_RADIUS", VARIANT_RADIUS)
+    from pipeline.dedup.thumbcheck import ThumbnailCheck
+    try:
+        from pipeline.dedup.views import BAND_COLUMNS
+    except ImportError:  # before the views had a module
+        from pipeline.dedup.thumbcheck import BAND_COLUMNS
 except ImportError:  # pipeline/dedup.py and pipeline/thumbcheck.py
     from pipeline import dedup as d
     from pipeline.thumbcheck import ThumbnailCheck
     load_items, thumb_paths = d._load, d._thumb_paths
     VARIANT_RADIUS = getattr(d, "VARIANT_RADIUS", None)
     BAND_COLUMNS = getattr(d, "BAND_COLUMNS", ())
+    BAND_RADIUS = VARIANT_RADIUS
 out = Path(sys.argv[1])
 with Catalog(out / "catalog.sqlite") as cat:
     items, hashed = load_items(cat)
@@ -117,7 +124,7 @@ with Catalog(out / "catalog.sqlite") as cat:
         q, h, _ = d.pairs_across(variants.ravel(), ph, VARIANT_RADIUS)
         pairs |= {(int(contents[x // width]), int(contents[y])) for x, y in zip(q.tolist(), h.tolist()) if x // width != y}
         for column in BAND_COLUMNS:  # band-cut variants against each other
-            i, j, _ = d.pairs_within(np.ascontiguousarray(variants[:, column]), VARIANT_RADIUS)
+            i, j, _ = d.pairs_within(np.ascontiguousarray(variants[:, column]), BAND_RADIUS)
             pairs |= set(zip(contents[i].tolist(), contents[j].tolist()))
 print(json.dumps([[items.sha[x], items.sha[y]] for x, y in pairs]))
 """

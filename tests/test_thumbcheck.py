@@ -8,7 +8,8 @@ import pytest
 from conftest import encode, photo
 from PIL import Image, ImageDraw
 
-from pipeline.dedup.thumbcheck import BOXES, STOP, TURNS, ThumbnailCheck, describe
+from pipeline.dedup.thumbcheck import STOP, ThumbnailCheck, describe
+from pipeline.dedup.views import BOXES, TURNS
 
 pytestmark = pytest.mark.timeout(60)
 

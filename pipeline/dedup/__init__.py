@@ -27,7 +27,8 @@ variant hashes and its candidate pairs). Steps:
 
 The modules, in the order the data goes through them: ``files`` (where the run's catalog,
 thumbnails and outputs are), ``items`` (the catalog's ok rows as arrays), ``index`` (the
-Hamming search), ``thumbcheck`` (the thumbnail check and the variant hashes) and ``pool``
+Hamming search), ``thumbcheck`` (the thumbnail check and the variant hashes, on ``views``, ``scores`` and
+``colours``) and ``pool``
 (both on every core), ``rule`` (the pair rule), ``search`` (candidates fed to) ``groups``
 (union-find in windows of checks), ``members`` (groups as catalog rows), ``outputs``
 (duplicates.csv/.json), ``report`` (the HTML page); ``run`` ties them together.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import DedupOptions
+from pipeline.dedup.colours import hue_agrees
 from pipeline.dedup.index import popcount
 from pipeline.dedup.items import Items
 from pipeline.dedup.pool import CheckPool
 from pipeline.dedup.rule import accepts, check_candidates
-from pipeline.dedup.thumbcheck import ThumbnailCheck, hue_agrees
+from pipeline.dedup.thumbcheck import ThumbnailCheck
 
 _ATTEMPTS = 4  # failed joins tried between two groups before they are given up on
 _WINDOW = 16384  # candidates looked at per round of checks

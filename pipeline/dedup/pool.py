@@ -23,15 +23,13 @@ from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from pipeline.dedup.thumbcheck import (
-    _VARIANT_BOXES,
-    _VARIANT_TURNS,
+from pipeline.dedup.colours import is_colourful
+from pipeline.dedup.thumbcheck import Glance, ThumbnailCheck, glance_stack
+from pipeline.dedup.views import (
     SIDE,
-    Glance,
-    ThumbnailCheck,
+    VARIANT_BOXES,
+    VARIANT_TURNS,
     box_view_stack,
-    glance_stack,
-    is_colourful,
     phashes,
     turned_view_stack,
 )
@@ -149,7 +147,7 @@ def variant_batch(
         read = [check._pixels(r) for r in rows[k : k + _STACK]]  # its errors name the thumbnail and row
         gray = np.stack([g for g, _, _ in read])
         aspect = np.array([a for _, _, a in read])
-        views += [box_view_stack(gray, _VARIANT_BOXES), turned_view_stack(gray, aspect, _VARIANT_TURNS)]
+        views += [box_view_stack(gray, VARIANT_BOXES), turned_view_stack(gray, aspect, VARIANT_TURNS)]
         raw, grid = glance_stack(gray, np.stack([c for _, c, _ in read]))
         raws.append(raw)
         grids.append(grid)

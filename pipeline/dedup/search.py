@@ -8,9 +8,13 @@ from pipeline.config import DedupOptions
 from pipeline.dedup.groups import Grouper
 from pipeline.dedup.index import iter_pairs_across, iter_pairs_within, popcount
 from pipeline.dedup.items import Items
-from pipeline.dedup.thumbcheck import BAND_COLUMNS
+from pipeline.dedup.views import BAND_COLUMNS
 
 VARIANT_RADIUS = 8  # pHash bits between a cropped/turned variant and a stored pHash
+# Two copies cut the same way are nearly one picture (banner and logo copies of the quality
+# sets: 0-4 bits, one logo 8), while a cut of a plain picture has few features left: at 8
+# bits the side cuts alone doubled the candidates of the 100k scale catalog.
+BAND_RADIUS = 4
 CHUNK = 1 << 20  # candidates the search hands over at a time
 
 def search(
@@ -51,6 +55,6 @@ def search(
     # A banner: the band-cut variants of the two copies agree, neither with a whole picture.
     for column in BAND_COLUMNS:
         band = np.ascontiguousarray(variants[:, column])
-        for i, j in iter_pairs_within(band, VARIANT_RADIUS, chunk=CHUNK, wanted=apart):
+        for i, j in iter_pairs_within(band, BAND_RADIUS, chunk=CHUNK, wanted=apart):
             groups.feed(contents[i], contents[j], 1000 + popcount(band[i] ^ band[j]).astype(np.int64))
     groups.flush()
