@@ -28,7 +28,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             click.echo("\nInterrupted: finished shards are saved; rerun the same command to resume.", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _exit_interrupted()
         except UsageError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
@@ -37,6 +37,21 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 once a Ctrl-C has unwound the command (rows committed, workers killed, temp
+    files removed, catalog closed), skipping the interpreter's teardown when this is the
+    process's own command: the process pools the interrupt abandoned race CPython's exit hook
+    (3.11 writes to a pool's wake-up pipe while the pool's thread closes it, and printed an
+    EBADF traceback after a clean interrupt). In a test runner (its own streams), a plain
+    ``SystemExit``."""
+    if not isinstance(sys.stderr, _QuietWhenClosed):
+        sys.exit(EXIT_INTERRUPTED)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 @contextlib.contextmanager
