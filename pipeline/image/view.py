@@ -6,25 +6,19 @@ import numpy as np
 from PIL import Image
 
 
-def thumbnail_pixels(path: str, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """The image file at ``path`` as ``side`` x ``side`` grayscale floats and an 8x8 RGB grid.
+def thumbnail_view(path: str, side: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The image file at ``path`` as ``side`` x ``side`` grayscale floats, an 8x8 RGB grid (64
+    rows of R, G, B) and its aspect ratio (width / height).
 
-    The grid comes as 64 rows of (R, G, B). Aspect ratio is not kept: both serve ``dedup``'s
-    thumbnail check, which compares pictures at the same relative positions. ``OSError``
-    (missing or unreadable file) propagates for the caller to report.
+    The views do not keep the aspect ratio: ``dedup``'s thumbnail check compares pictures at
+    the same relative positions; a rotation needs the ratio (a turn of the squashed grid is a
+    shear). One open of the file, the ratio read before the draft (which rounds the size).
+    ``OSError`` (missing or unreadable file) propagates for the caller to report.
     """
     with Image.open(path) as im:
+        aspect = im.width / im.height
         im.draft("RGB", (side, side))
         rgb = im.convert("RGB")
     gray = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float64)
     grid = np.asarray(rgb.resize((8, 8), Image.Resampling.BOX), np.float64).reshape(64, 3)
-    return gray, grid
-
-
-def thumbnail_view(path: str, side: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """``thumbnail_pixels`` plus the picture's aspect ratio (width / height), which the
-    square grid loses and a rotation needs (a turn of the squashed grid is a shear)."""
-    with Image.open(path) as im:
-        aspect = im.width / im.height
-    gray, grid = thumbnail_pixels(path, side)
     return gray, grid, aspect
