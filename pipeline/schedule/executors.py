@@ -246,12 +246,6 @@ class LocalExecutor:
                 process.kill()
         for process in processes:
             process.join(timeout=5)
-        # Let the pool's manager thread see its workers gone and close its wake-up pipe now:
-        # left running, it races the interpreter's exit hook, which writes to that pipe while
-        # the thread closes it (CPython 3.11: OSError EBADF and a traceback after Ctrl-C).
-        manager = getattr(pool, "_executor_manager_thread", None)
-        if manager is not None:
-            manager.join(timeout=5)
 
 
 _START_FAILED = (
