@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,25 +20,54 @@ HUE_SLACK = 1e-6  # the colour gate passes a pair this close to MIN_HUE: the ful
 
 
 @functools.cache
-def crop_cells() -> tuple[np.ndarray, np.ndarray]:
-    """The 8x8 colour grid of each crop of BOXES[1:] as a weighted sum of 4 cells of the
-    whole grid: (4, crops * 64) cell indices and (4, crops * 64, 1) weights. A crop of at
-    most 12.5% makes each cell from at most 2 x 2 cells, so 4 gathers of (R, G, B) rows
-    give every crop's grid (``box_view_stack`` per channel read 3 x 81 integral corners a
-    crop: ~1.6x the time), the same grids to ~1e-11."""
+def _crop_taps() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """How the 8x8 grid of each crop of BOXES[1:] is made from the whole grid, in two steps
+    of two taps each (a crop of at most 12.5% makes each cell from at most 2 x 2 cells):
+    rows first, for each distinct way a crop cuts the rows (``_CropChromas``), then columns.
+    The same grids as ``box_views`` per channel, to ~1e-15."""
     eye = np.eye(8)
     n = len(BOXES) - 1
     rows = box_view_stack(np.repeat(eye[:, :, None], 8, axis=2), BOXES[1:], 8).reshape(8, n, 8, 8)
     cols = box_view_stack(np.repeat(eye[:, None, :], 8, axis=1), BOXES[1:], 8).reshape(8, n, 8, 8)
     ay, ax = rows[:, :, :, 0].transpose(1, 2, 0), cols[:, :, 0, :].transpose(1, 2, 0)  # (crop, out, in)
-    iy, ix = (
-        np.sort(np.argsort(-ay, axis=2)[:, :, :2], axis=2),
-        np.sort(np.argsort(-ax, axis=2)[:, :, :2], axis=2),
-    )
+    iy, ix = (np.sort(np.argsort(-a, axis=2)[:, :, :2], axis=2) for a in (ay, ax))
     wy, wx = np.take_along_axis(ay, iy, 2), np.take_along_axis(ax, ix, 2)
-    cells = (iy[:, :, None, :, None] * 8 + ix[:, None, :, None, :]).reshape(n * 64, 4)
-    weights = (wy[:, :, None, :, None] * wx[:, None, :, None, :]).reshape(n * 64, 4)
-    return np.ascontiguousarray(cells.T), np.ascontiguousarray(weights.T[:, :, None])
+    # 81 anchors x 5 depths share ~50 row cuts: each is applied to the grid once.
+    cuts, cut_of = np.unique(np.hstack([iy.reshape(n, -1), wy.reshape(n, -1)]), axis=0, return_inverse=True)
+    cut_rows, cut_weights = cuts[:, :16].astype(np.int64).reshape(-1, 8, 2), cuts[:, 16:].reshape(-1, 8, 2)
+    out_row = np.arange(8)[None, :, None]
+    at = tuple((cut_of.reshape(n, 1, 1) * 64 + out_row * 8 + ix[:, None, :, t]).ravel() for t in (0, 1))
+    weights = tuple(np.broadcast_to(wx[:, None, :, t], (n, 8, 8)).ravel().copy() for t in (0, 1))
+    return cut_rows, cut_weights[:, :, :, None, None], at, weights
+
+
+@dataclass(frozen=True, slots=True)
+class CropChromas:
+    """The chroma (RGB minus its grey) of the 8x8 grid of every crop of BOXES[1:] of one
+    picture, as (3, crops, 64), and one over each crop's norm: ``best`` is then the highest
+    ``colour_agreement`` of any crop with another grid in one product (the colour gate's
+    bulk, ~0.3 ms a thumbnail: 5x less than gathering each crop's 4 cells and normalising)."""
+
+    chroma: np.ndarray
+    inverse_norm: np.ndarray
+
+    @classmethod
+    def of(cls, tint: np.ndarray) -> CropChromas:
+        cut_rows, cut_weights, at, weights = _crop_taps()
+        # Chroma is linear in RGB, so the crops of the chroma are the chroma of the crops.
+        grid = (tint - tint.mean(axis=1, keepdims=True)).reshape(8, 8, 3)
+        cut = cut_weights[:, :, 0] * grid[cut_rows[:, :, 0]] + cut_weights[:, :, 1] * grid[cut_rows[:, :, 1]]
+        by_channel = np.ascontiguousarray(cut.reshape(-1, 3).T)  # (3, cuts * 64)
+        chroma = np.take(by_channel, at[0], axis=1)
+        chroma *= weights[0]
+        chroma += np.take(by_channel, at[1], axis=1) * weights[1]
+        chroma = chroma.reshape(3, len(BOXES) - 1, 64)
+        return cls(chroma, 1.0 / np.maximum(np.sqrt(np.einsum("cnk,cnk->n", chroma, chroma)), 1e-12))
+
+    def best(self, other: np.ndarray) -> float:
+        """The highest colour agreement of a crop with the 8x8 RGB grid ``other``."""
+        unit = unit_chroma(other).reshape(64, 3).T
+        return float((np.einsum("cnk,ck->n", self.chroma, unit) * self.inverse_norm).max())
 
 
 def unit_chroma(grids: np.ndarray) -> np.ndarray:

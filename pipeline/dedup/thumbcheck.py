@@ -47,12 +47,11 @@ import numpy as np
 from pipeline.dedup.colours import (
     HUE_SLACK,
     MIN_HUE,
+    CropChromas,
     colour_agreement,
-    crop_cells,
     cropped_tint,
     hue_without,
     is_colourful,
-    unit_chroma,
 )
 from pipeline.dedup.scores import (
     CONCENTRATED_PENALTY,
@@ -215,7 +214,7 @@ class ThumbnailCheck:
         # Glances already made (by the variant pass): a pair settled by its whole views or
         # its colours then decodes nothing.
         self.given = given or {}
-        self._crop_tints: dict[int, np.ndarray] = {}
+        self._crop_tints: dict[int, CropChromas] = {}
         # Pixels read for signatures during one score_batch, for its searches (not decoded twice).
         self._held: dict[int, tuple[np.ndarray, np.ndarray, float]] | None = None
 
@@ -309,18 +308,15 @@ class ThumbnailCheck:
         if any(colour_agreement(ta[keep], tb[keep]) >= MIN_HUE - HUE_SLACK for keep in MASK_CELLS):
             return True
         return any(
-            float((self._cropped_chroma(x) @ unit_chroma(y)).max()) >= MIN_HUE - HUE_SLACK
-            for x, y in ((row_a, tb), (row_b, ta))
+            self._cropped_chroma(x).best(y) >= MIN_HUE - HUE_SLACK for x, y in ((row_a, tb), (row_b, ta))
         )
 
-    def _cropped_chroma(self, row: int) -> np.ndarray:
-        """Unit chroma vectors (rows) of the 8x8 grid of each crop of BOXES[1:] of ``row``."""
+    def _cropped_chroma(self, row: int) -> CropChromas:
+        """The chroma of the 8x8 grid of each crop of BOXES[1:] of ``row`` (kept for the batch)."""
         if row not in self._crop_tints:
             tint = self.signature(row).tint
             assert tint is not None
-            cells, weights = crop_cells()
-            crops = sum(weights[k] * tint[cells[k]] for k in range(4)).reshape(-1, 64, 3)
-            self._crop_tints[row] = unit_chroma(crops)
+            self._crop_tints[row] = CropChromas.of(tint)
         return self._crop_tints[row]
 
     def _whole(self, row_a: int, row_b: int) -> float:
