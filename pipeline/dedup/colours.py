@@ -105,15 +105,19 @@ def hue_agrees(ca: np.ndarray, cb: np.ndarray) -> bool:
     by one of BOXES (a cropped copy's grid covers only part of its original's)."""
     if colour_agreement(ca, cb) >= MIN_HUE:
         return True
-    for x, y in ((ca, cb), (cb, ca)):
-        grid = x.reshape(8, 8, 3)
-        crops = np.stack([box_views(grid[:, :, c], BOXES[1:], side=8) for c in range(3)], axis=2)
-        xs, ys = crops - crops.mean(axis=2, keepdims=True), y - y.mean(axis=1, keepdims=True)
-        num = (xs * ys[None]).sum(axis=(1, 2))
-        den = np.sqrt((xs * xs).sum(axis=(1, 2)) * (ys * ys).sum())
-        if (num / np.maximum(den, 1e-12)).max() >= MIN_HUE:
-            return True
-    return False
+    return any(CropChromas.of(x).best(y) >= MIN_HUE for x, y in ((ca, cb), (cb, ca)))
+
+
+_MASK_MATRIX = np.stack([np.isin(np.arange(64), keep) for keep in MASK_CELLS]).astype(np.float64)
+
+
+def best_masked_agreement(ca: np.ndarray, cb: np.ndarray) -> float:
+    """The highest ``colour_agreement`` of two 8x8 RGB grids on the cells one of MASKS keeps
+    whole: chroma is per cell, so each mask's sums are a product of the per-cell sums."""
+    xa, xb = ca - ca.mean(axis=1, keepdims=True), cb - cb.mean(axis=1, keepdims=True)
+    per_cell = np.stack([(xa * xb).sum(axis=1), (xa * xa).sum(axis=1), (xb * xb).sum(axis=1)], axis=1)
+    num, sa, sb = (_MASK_MATRIX @ per_cell).T
+    return float((num / np.sqrt(np.maximum(sa * sb, 1e-300))).max())
 
 
 def hue_without(ca: np.ndarray, cb: np.ndarray, mask: int) -> bool:

@@ -48,6 +48,7 @@ from pipeline.dedup.colours import (
     HUE_SLACK,
     MIN_HUE,
     CropChromas,
+    best_masked_agreement,
     colour_agreement,
     cropped_tint,
     hue_without,
@@ -56,7 +57,6 @@ from pipeline.dedup.colours import (
 from pipeline.dedup.scores import (
     CONCENTRATED_PENALTY,
     FLAT_CROP_PENALTY,
-    MASK_CELLS,
     MASKS,
     NEAR,
     concentrated,
@@ -305,7 +305,7 @@ class ThumbnailCheck:
         ta, tb = self.signature(row_a).tint, self.signature(row_b).tint
         if ta is None or tb is None or colour_agreement(ta, tb) >= MIN_HUE - HUE_SLACK:
             return True
-        if any(colour_agreement(ta[keep], tb[keep]) >= MIN_HUE - HUE_SLACK for keep in MASK_CELLS):
+        if best_masked_agreement(ta, tb) >= MIN_HUE - HUE_SLACK:
             return True
         return any(
             self._cropped_chroma(x).best(y) >= MIN_HUE - HUE_SLACK for x, y in ((row_a, tb), (row_b, ta))
