@@ -25,14 +25,7 @@ import numpy as np
 
 from pipeline.dedup.colours import is_colourful
 from pipeline.dedup.thumbcheck import Glance, ThumbnailCheck, glance_stack
-from pipeline.dedup.views import (
-    SIDE,
-    VARIANT_BOXES,
-    VARIANT_TURNS,
-    box_view_stack,
-    phashes,
-    turned_view_stack,
-)
+from pipeline.dedup.views import SIDE, phashes, variant_view_stack
 
 BATCH = 64  # pairs per batch: ~0.5 s of work (~8 ms a thumbnail), enough batches to share a window
 _POOL_FROM = 512  # the pool starts for a window of this many pairs; once up, it takes every window
@@ -141,28 +134,16 @@ def variant_batch(
     values as ``ThumbnailCheck.variant_hashes``, computed for the whole batch at once; and
     their glances (``thumbcheck.glance_stack``: whole views, colour grids), from the same read."""
     check = ThumbnailCheck(out, thumbs, {})
-    views = []
-    raws, grids = [], []
+    hashes, raws, grids = [], [], []
     for k in range(0, len(rows), _STACK):
         read = [check._pixels(r) for r in rows[k : k + _STACK]]  # its errors name the thumbnail and row
         gray = np.stack([g for g, _, _ in read])
-        aspect = np.array([a for _, _, a in read])
-        views += [box_view_stack(gray, VARIANT_BOXES), turned_view_stack(gray, aspect, VARIANT_TURNS)]
+        views = variant_view_stack(gray, np.array([a for _, _, a in read]))
+        hashes.append(phashes(views.reshape(-1, SIDE * SIDE)).reshape(len(read), -1))
         raw, grid = glance_stack(gray, np.stack([c for _, c, _ in read]))
         raws.append(raw)
         grids.append(grid)
-    hashes = phashes(np.concatenate([v.reshape(-1, SIDE * SIDE) for v in views]))
-    # Back in row order: each stack's box views, then its turned ones.
-    per_row = []
-    at = 0
-    for box, turned in zip(views[::2], views[1::2]):
-        nb, nt = box.shape[1], turned.shape[1]
-        count = len(box)
-        b = hashes[at : at + count * nb].reshape(count, nb)
-        t = hashes[at + count * nb : at + count * (nb + nt)].reshape(count, nt)
-        per_row.append(np.hstack([b, t]))
-        at += count * (nb + nt)
-    return np.vstack(per_row), np.concatenate(raws), np.concatenate(grids)
+    return np.vstack(hashes), np.concatenate(raws), np.concatenate(grids)
 
 
 def score_batch(

@@ -70,8 +70,6 @@ from pipeline.dedup.views import (
     SIDE,
     SOURCE,
     TURNS,
-    VARIANT_BOXES,
-    VARIANT_TURNS,
     box_view_stack,
     box_views,
     normalize,
@@ -79,6 +77,7 @@ from pipeline.dedup.views import (
     phashes,
     products,
     turned_views,
+    variant_view_stack,
 )
 from pipeline.errors import DedupError
 from pipeline.image.view import thumbnail_view
@@ -386,9 +385,7 @@ class ThumbnailCheck:
     def variant_hashes(self, row: int) -> np.ndarray:
         """pHashes of the cropped and turned variants of a content (``_VARIANT_*``)."""
         gray, _, aspect = self._pixels(row)
-        return phashes(
-            np.vstack([box_views(gray, VARIANT_BOXES), turned_views(gray, aspect, VARIANT_TURNS)])
-        )
+        return phashes(variant_view_stack(gray[None], np.array([aspect]))[0])
 
     def _pixels(self, row: int) -> tuple[np.ndarray, np.ndarray, float]:
         rel = self.thumbs.get(row)
