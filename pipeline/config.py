@@ -268,7 +268,7 @@ JSON_NAME = "duplicates.json"
 
 @dataclass(frozen=True, slots=True)
 class DedupOptions:
-    max_distance: int = 10  # pHash radius of the candidate search (1M hashes: ~40 s here)
+    max_distance: int = 8  # pHash radius of the candidate search (see README "Duplicates": why 8)
     keep: str = "largest"
     verify: bool = True
     max_sum: int = 40  # pHash + dHash distance of an accepted pair
