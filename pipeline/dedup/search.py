@@ -6,8 +6,9 @@ import numpy as np
 
 from pipeline.config import DedupOptions
 from pipeline.dedup.groups import Grouper
-from pipeline.dedup.index import iter_pairs_across, iter_pairs_within, popcount
+from pipeline.dedup.index import iter_pairs_within, popcount
 from pipeline.dedup.items import Items
+from pipeline.dedup.pool import pairs_across_slice
 from pipeline.dedup.views import BAND_COLUMNS
 
 VARIANT_RADIUS = 8  # pHash bits between a cropped/turned variant and a stored pHash
@@ -24,7 +25,8 @@ def search(
     pairs within ``max_distance`` in pHash (closest pHash + dHash first), then, with
     ``variants`` (each content's cropped and turned pHashes, from its thumbnail), the pairs
     where a variant of one is within ``VARIANT_RADIUS`` of the other's pHash (closest
-    variant first, after every pair the stored hashes found). No list of all pairs is
+    variant first, after every pair the stored hashes found; that search on the grouper's
+    pool). No list of all pairs is
     made: a chunk's pairs whose ends are already one group are dropped as they come."""
     ph = items.phash[contents]
     root = groups.root  # updated in place as groups join
@@ -44,12 +46,14 @@ def search(
     flat = variants.ravel()
     width = variants.shape[1]
 
-    def owners_apart(q: np.ndarray, h: np.ndarray) -> np.ndarray:
-        return root[contents[q // width]] != root[contents[h]]
-
-    for qi, hj in iter_pairs_across(flat, ph, VARIANT_RADIUS, chunk=CHUNK, wanted=owners_apart):
+    hits = (
+        groups.pool.pairs_across(flat, ph, VARIANT_RADIUS)
+        if groups.pool is not None
+        else [pairs_across_slice(flat, ph, VARIANT_RADIUS, 0)]
+    )
+    for qi, hj in hits:
         owner = qi // width
-        mine = owner != hj
+        mine = (owner != hj) & (root[contents[owner]] != root[contents[hj]])
         distance = popcount(flat[qi[mine]] ^ ph[hj[mine]]).astype(np.int64)
         groups.feed(contents[owner[mine]], contents[hj[mine]], 1000 + distance)
     # A banner: the band-cut variants of the two copies agree, neither with a whole picture.
