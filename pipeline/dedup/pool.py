@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pipeline.dedup.colours import is_colourful
 from pipeline.dedup.index import iter_pairs_across
 from pipeline.dedup.thumbcheck import Glance, ThumbnailCheck, glance_stack
-from pipeline.dedup.views import SIDE, phashes, variant_view_stack
+from pipeline.dedup.views import SIDE, variant_hash_stack
 
 BATCH = 64  # pairs per batch: ~0.5 s of work (~8 ms a thumbnail), enough batches to share a window
 _POOL_FROM = 512  # the pool starts for a window of this many pairs; once up, it takes every window
@@ -122,10 +123,11 @@ class CheckPool:
         """``fn`` over ``jobs``, in order: in the parent for one process, a single job or too
         little work (``weight``, in pair checks) to start the pool for; else on the pool."""
         if self.workers == 1 or len(jobs) < 2 or (self._pool is None and weight < _POOL_FROM):
-            return [fn(*job) for job in jobs]
+            with threadpool_limits(1):  # as in the workers: the same cost on a busy machine
+                return [fn(*job) for job in jobs]
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_one_blas_thread)
         return list(self._pool.map(fn, *zip(*jobs)))
 
     def close(self) -> None:
@@ -140,6 +142,12 @@ class CheckPool:
         self.close()
 
 
+def _one_blas_thread() -> None:
+    """Each worker's BLAS on one thread: the pool is already one process per core, and the
+    BLAS products of the variant pass (``views.box_phashes``) are small."""
+    threadpool_limits(1)
+
+
 def variant_batch(
     out: Path, thumbs: dict[int, str | None], rows: list[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,8 +159,7 @@ def variant_batch(
     for k in range(0, len(rows), _STACK):
         read = [check._pixels(r) for r in rows[k : k + _STACK]]  # its errors name the thumbnail and row
         gray = np.stack([g for g, _, _ in read])
-        views = variant_view_stack(gray, np.array([a for _, _, a in read]))
-        hashes.append(phashes(views.reshape(-1, SIDE * SIDE)).reshape(len(read), -1))
+        hashes.append(variant_hash_stack(gray, np.array([a for _, _, a in read])))
         raw, grid = glance_stack(gray, np.stack([c for _, c, _ in read]))
         raws.append(raw)
         grids.append(grid)

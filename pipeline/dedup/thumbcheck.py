@@ -74,10 +74,9 @@ from pipeline.dedup.views import (
     box_views,
     normalize,
     nudged,
-    phashes,
     products,
     turned_views,
-    variant_view_stack,
+    variant_hash_stack,
 )
 from pipeline.errors import DedupError
 from pipeline.image.view import thumbnail_view
@@ -385,7 +384,7 @@ class ThumbnailCheck:
     def variant_hashes(self, row: int) -> np.ndarray:
         """pHashes of the cropped and turned variants of a content (``_VARIANT_*``)."""
         gray, _, aspect = self._pixels(row)
-        return phashes(variant_view_stack(gray[None], np.array([aspect]))[0])
+        return variant_hash_stack(gray[None], np.array([aspect]))[0]
 
     def _pixels(self, row: int) -> tuple[np.ndarray, np.ndarray, float]:
         rel = self.thumbs.get(row)

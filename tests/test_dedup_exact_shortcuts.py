@@ -1,7 +1,7 @@
-"""The colour gate's fast forms (issue 13, scale) against the definitions they replace: every
-crop's colour agreement from ``CropChromas`` and every mask's from ``best_masked_agreement``
-must be what ``colour_agreement`` gives on the cropped or masked grids one by one, or the
-gate could shut a pair the full check passes."""
+"""Dedup's fast forms (issue 13, scale) against the definitions they replace: every crop's
+colour agreement from ``CropChromas`` and every mask's from ``best_masked_agreement`` must be
+what ``colour_agreement`` gives on the cropped or masked grids one by one (or the colour gate
+could shut a pair the full check passes), and ``box_phashes`` the pHashes of the box views."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pipeline.dedup.colours import (
     hue_agrees,
 )
 from pipeline.dedup.scores import MASK_CELLS
-from pipeline.dedup.views import BOXES
+from pipeline.dedup.views import BOXES, SIDE, VARIANT_BOXES, box_phashes, box_view_stack, phashes
 
 
 def _grids(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,3 +61,19 @@ def test_hue_agrees_takes_a_crop_that_reconciles_the_colours_and_refuses_other_c
 def _unit(grid: np.ndarray) -> np.ndarray:
     x = grid - grid.mean(axis=1, keepdims=True)
     return (x / np.sqrt((x * x).sum())).T
+
+
+@pytest.mark.parametrize(("h", "w"), [(128, 128), (96, 128), (75, 53)])
+def test_box_phashes_are_the_phashes_of_the_box_views(h: int, w: int) -> None:
+    # The variant pass hashes its crops in the DCT domain; the search compares them with
+    # pHashes of views, so they must be the very bits of the views' pHashes.
+    from conftest import photo
+
+    gray = np.stack(
+        [np.asarray(photo(w, h, seed).convert("L"), np.float64) for seed in range(5)]
+        + [np.full((h, w), 77.0)]  # flat: every coefficient ties
+    )
+    boxes = np.vstack([VARIANT_BOXES, BOXES[::37]])
+    views = box_view_stack(gray, boxes)
+    expected = phashes(views.reshape(-1, SIDE * SIDE)).reshape(len(gray), len(boxes))
+    assert (box_phashes(gray, boxes) == expected).all()
