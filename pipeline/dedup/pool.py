@@ -109,15 +109,18 @@ class CheckPool:
         return np.vstack([hashes for hashes, _, _ in found])
 
     def pairs_across(
-        self, queries: np.ndarray, hashes: np.ndarray, radius: int
+        self, variants: np.ndarray, hashes: np.ndarray, radius: int, group: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``index.iter_pairs_across(queries, hashes, radius)`` on every core, as (query, hash)
-        arrays, slice by slice of the queries in order. The variant search of a big catalog is
-        millions of queries (34 a content: ~27 CPU s at 100k on crowded pHashes) that would
-        otherwise run in the parent while the pool waits."""
-        slices = np.array_split(np.arange(len(queries)), max(1, len(queries) // QUERY_SLICE))
-        jobs = [(queries[s[0] : s[-1] + 1], hashes, radius, int(s[0])) for s in slices if len(s)]
-        yield from self._map(pairs_across_slice, jobs, len(queries) // 64)
+        """Every (variant, hash) within ``radius`` bits whose owner (row of ``variants``) and
+        hash are in different groups (``group``: a label per hash, whose owners share its
+        index), as (index into ``variants.ravel()``, hash) arrays, on every core: a slice of
+        owners a job. The variant search of a big catalog is millions of queries (34 a
+        content: ~27 CPU s at 100k on crowded pHashes) that would otherwise run in the
+        parent while the pool waits; the groups drop a cluster's pairs before they are held
+        (5,000 copies of one picture: ~25M)."""
+        slices = np.array_split(np.arange(len(variants)), max(1, variants.size // QUERY_SLICE))
+        jobs = [(variants[s[0] : s[-1] + 1], hashes, radius, group, int(s[0])) for s in slices if len(s)]
+        yield from self._map(pairs_across_slice, jobs, variants.size // 64)
 
     def _map(self, fn: Callable[..., _T], jobs: list[tuple[Any, ...]], weight: int) -> list[_T]:
         """``fn`` over ``jobs``, in order: in the parent for one process, a single job or too
@@ -185,10 +188,16 @@ def score_batch(
 
 
 def pairs_across_slice(
-    queries: np.ndarray, hashes: np.ndarray, radius: int, offset: int
+    variants: np.ndarray, hashes: np.ndarray, radius: int, group: np.ndarray, first: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every (query + ``offset``, hash) of a slice of queries within ``radius`` (in a worker or the parent)."""
-    found = list(iter_pairs_across(queries, hashes, radius))
+    """``CheckPool.pairs_across`` for the owners ``first`` onwards of ``variants`` (in a worker
+    or the parent), as indexes into the whole ``variants.ravel()``."""
+    width = variants.shape[1]
+
+    def apart(q: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return group[first + q // width] != group[h]
+
+    found = list(iter_pairs_across(variants.ravel(), hashes, radius, wanted=apart))
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate([q for q, _ in found]) + offset, np.concatenate([h for _, h in found])
+    return np.concatenate([q for q, _ in found]) + first * width, np.concatenate([h for _, h in found])

@@ -46,14 +46,15 @@ def search(
     flat = variants.ravel()
     width = variants.shape[1]
 
+    group = root[contents]  # a snapshot: the search drops pairs already in one group with it
     hits = (
-        groups.pool.pairs_across(flat, ph, VARIANT_RADIUS)
+        groups.pool.pairs_across(variants, ph, VARIANT_RADIUS, group)
         if groups.pool is not None
-        else [pairs_across_slice(flat, ph, VARIANT_RADIUS, 0)]
+        else [pairs_across_slice(variants, ph, VARIANT_RADIUS, group, 0)]
     )
     for qi, hj in hits:
         owner = qi // width
-        mine = (owner != hj) & (root[contents[owner]] != root[contents[hj]])
+        mine = root[contents[owner]] != root[contents[hj]]  # groups joined since, too
         distance = popcount(flat[qi[mine]] ^ ph[hj[mine]]).astype(np.int64)
         groups.feed(contents[owner[mine]], contents[hj[mine]], 1000 + distance)
     # A banner: the band-cut variants of the two copies agree, neither with a whole picture.
