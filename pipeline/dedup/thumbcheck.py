@@ -81,7 +81,7 @@ from pipeline.dedup.views import (
 from pipeline.errors import DedupError
 from pipeline.image.view import thumbnail_view
 
-VERSION = 9  # bump when the check changes: cached verdicts of another version are ignored (9: STOP 0.93)
+VERSION = 9  # bump when the check changes: cached verdicts of another version are ignored (9: STOP 0.93, flat crops 0.08)
 
 
 _REFINE = 3  # best coarse crops, and turns, of each side of a pair scored again at SIDE
