@@ -23,7 +23,7 @@ HUE_SLACK = 1e-6  # the colour gate passes a pair this close to MIN_HUE: the ful
 def _crop_taps() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """How the 8x8 grid of each crop of BOXES[1:] is made from the whole grid, in two steps
     of two taps each (a crop of at most 12.5% makes each cell from at most 2 x 2 cells):
-    rows first, for each distinct way a crop cuts the rows (``_CropChromas``), then columns.
+    rows first, for each distinct way a crop cuts the rows (``CropChromas``), then columns.
     The same grids as ``box_views`` per channel, to ~1e-15."""
     eye = np.eye(8)
     n = len(BOXES) - 1

@@ -27,7 +27,8 @@ Two shortcuts keep the same verdicts, float for float (issue 13, scale; tested):
 below ``STOP`` whose 8x8 colour grids no view could reconcile (whole, any crop of BOXES on
 either side, any of MASKS left out: ``_hue_possible``) scores 0 at once, as ``_combine``
 would give it after the search (most false candidates of a big catalog: the search cost
-~12 ms of CPU a pair, the gate ~0.3 ms a thumbnail: ``colours.CropChromas``); and a thumbnail's signature is made from its
+~12 ms of CPU a pair, the gate ~0.3 ms a thumbnail: ``colours.CropChromas``); and a
+thumbnail's signature is made from its
 ``Glance`` (the whole view and the colour grid, 2.2 KB), which the variant pass already
 made from the same read, so a pair settled by its whole views or its colours decodes
 nothing (``given``).
@@ -81,7 +82,9 @@ from pipeline.dedup.views import (
 from pipeline.errors import DedupError
 from pipeline.image.view import thumbnail_view
 
-VERSION = 9  # bump when the check changes: cached verdicts of another version are ignored (9: STOP 0.93, flat crops 0.08)
+# Bump when the check changes: cached verdicts of another version are ignored (9: STOP 0.93,
+# flat crops 0.08 less).
+VERSION = 9
 
 
 _REFINE = 3  # best coarse crops, and turns, of each side of a pair scored again at SIDE
