@@ -1,7 +1,8 @@
-"""Thumbnail checks of near-duplicate candidates on every core (issue 13).
+"""Dedup's CPU work on every core (issue 13): each content's variant hashes and glance, the
+search of those variant hashes among the stored pHashes, and the thumbnail checks.
 
 ``dedup`` decides what to check, in order, in the parent; this module only scores the
-pairs it is handed. A list of pairs is cut into batches of ``BATCH`` pairs, always the
+pairs it is handed (and searches the slices of queries it is handed). A list of pairs is cut into batches of ``BATCH`` pairs, always the
 same way whatever the number of processes, and each batch is scored by one
 ``ThumbnailCheck.score_batch`` (each thumbnail of the batch read at most once, and only
 if one of its pairs needs crops or turns: the variant pass keeps every content's glance,

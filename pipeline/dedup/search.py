@@ -26,8 +26,8 @@ def search(
     ``variants`` (each content's cropped and turned pHashes, from its thumbnail), the pairs
     where a variant of one is within ``VARIANT_RADIUS`` of the other's pHash (closest
     variant first, after every pair the stored hashes found; that search on the grouper's
-    pool). No list of all pairs is
-    made: a chunk's pairs whose ends are already one group are dropped as they come."""
+    pool). No list of all pairs is made: pairs whose ends are already one group are dropped
+    as they come."""
     ph = items.phash[contents]
     root = groups.root  # updated in place as groups join
 
